@@ -1,0 +1,147 @@
+"""Command lines from frozen dataclass configs.
+
+Every experiment is ``python -m experiments.NAME [--flag value ...]``: a frozen dataclass whose
+fields are the flags (``train_steps`` -> ``--train-steps``), each with its default and the help
+text from ``field(metadata={"help": ...})``. Bad flags or values print one ``error:`` line and
+the usage, and exit with code 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+C = TypeVar("C")
+
+__all__ = ["field", "parse_config", "run_main"]
+
+
+def field(default, help: str, **kwargs):
+    """A dataclass field with a help text for ``--help``."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _converter(tp, name: str) -> tuple[Callable[[str], Any], dict]:
+    """(string -> value, extra add_argument kwargs) for a field type."""
+    tp, optional = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+
+    def maybe_none(fn):
+        if not optional:
+            return fn
+        return lambda s: None if s.lower() in ("none", "") else fn(s)
+
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        return maybe_none(str), {"choices": list(choices) + (["none"] if optional else [])}
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+
+        def parse_tuple(s: str):
+            parts = [p for p in s.replace(" ", "").split(",") if p]
+            try:
+                return tuple(item(p) for p in parts)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected a comma-separated list of {item.__name__}, got {s!r}"
+                ) from None
+
+        return maybe_none(parse_tuple), {"metavar": f"{item.__name__.upper()},..."}
+    if tp in (int, float, str):
+        return maybe_none(tp), {"metavar": tp.__name__.upper()}
+    raise TypeError(f"config field {name!r} has unsupported type {tp!r}")
+
+
+def build_parser(cls: type, *, prog: str | None = None) -> argparse.ArgumentParser:
+    doc = (cls.__doc__ or "").strip()
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        help_text = f.metadata.get("help", "")
+        default = f.default
+        if tp is bool:
+            parser.add_argument(
+                _flag(f.name),
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{help_text} (default: {default})",
+            )
+            continue
+        conv, extra = _converter(tp, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            type=conv,
+            default=default,
+            help=f"{help_text} (default: {shown})",
+            **extra,
+        )
+    return parser
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None) -> C:
+    """Parse ``argv`` into an instance of the frozen dataclass ``cls``.
+
+    The instance's ``__post_init__`` validates values; its ``ValueError`` becomes an argparse
+    error (one line, the usage, exit code 2).
+    """
+    parser = build_parser(cls, prog=prog)
+    ns = parser.parse_args(argv)
+    try:
+        return cls(**vars(ns))
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
+def run_main(
+    cls: type[C], main: Callable[[C], Any], argv: Sequence[str] | None = None, *, prog: str
+) -> int:
+    """Parse the config and run ``main``; expected user errors exit 2 with one clear line.
+
+    ``ValueError``/``FileNotFoundError``/``FileExistsError``/``PermissionError`` raised by
+    ``main`` are input problems (missing data, a refused output directory, ...): they are printed
+    as ``prog: error: ...`` without a traceback (set ``JAXDIFF_DEBUG=1`` to see it). Anything
+    else is a bug and keeps its traceback.
+    """
+    config = parse_config(cls, argv, prog=prog)
+    try:
+        main(config)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+        if os.environ.get("JAXDIFF_DEBUG"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"{prog}: interrupted; rerun the same command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

@@ -1,0 +1,213 @@
+"""The experiment output contract (DESIGN.md): one directory per run.
+
+``--out DIR`` holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
+``metrics.json`` (final evaluation), ``samples.npy``, PNG figures, GIFs, ``checkpoints/`` and
+``report.md``. This module prepares that directory safely and writes the text files; it never
+deletes anything it did not create (``--overwrite`` only removes a directory that holds a
+``config.json``, i.e. an earlier run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MetricsLog",
+    "config_diff",
+    "prepare_run_dir",
+    "probe_writable",
+    "read_metrics",
+    "write_json",
+    "write_report",
+]
+
+CONFIG_FILE = "config.json"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # jax / numpy arrays
+        return _jsonable(np.asarray(value).tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    return value
+
+
+def write_json(path, obj: Mapping[str, Any]) -> Path:
+    """Write ``obj`` as indented JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def probe_writable(directory) -> None:
+    """Create ``directory`` and write, then delete, a probe file: fail now, not after training."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write_probe"
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"cannot write to output directory {directory}: {e.strerror or e}; "
+            "choose another --out or free space there"
+        ) from e
+
+
+def config_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[str]:
+    """Human-readable differences ``"key: old -> new"`` between two config dicts."""
+    ignore = set(ignore)
+    old, new = _jsonable(old), _jsonable(new)
+    keys = sorted((set(old) | set(new)) - ignore)
+    return [
+        f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+        for k in keys
+        if old.get(k, "<absent>") != new.get(k, "<absent>")
+    ]
+
+
+def prepare_run_dir(
+    out,
+    config: Mapping[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    may_differ: Sequence[str] = (),
+) -> Path:
+    """Create or reuse the run directory ``out`` for ``config``; return its path.
+
+    - a new or empty directory: created, ``config.json`` written;
+    - an earlier run (has ``config.json``) and ``resume``: its config must equal ``config``
+      except for the keys in ``may_differ`` (e.g. the number of training steps), else a
+      ``ValueError`` lists every difference;
+    - an earlier run and ``overwrite``: removed and started afresh;
+    - an earlier run and neither flag: ``FileExistsError`` saying which flag to pass;
+    - a non-empty directory that is not a run: refused (nothing is deleted).
+
+    Raises ``PermissionError`` when the directory cannot be written (checked with a probe file).
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other; pass one of them")
+    out = Path(out)
+    cfg_path = out / CONFIG_FILE
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory; choose another --out")
+    if cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f"{cfg_path} is unreadable ({e}); pass --overwrite to start a new run there"
+            ) from e
+        if overwrite:
+            shutil.rmtree(out)
+        elif resume:
+            diff = config_diff(old, config, ignore=may_differ)
+            if diff:
+                raise ValueError(
+                    f"cannot --resume {out}: its config differs from this one in "
+                    + "; ".join(diff)
+                    + ". Use the same settings, or a new --out"
+                )
+        else:
+            diff = config_diff(old, config, ignore=())
+            what = "with a different config (" + "; ".join(diff) + ")" if diff else ""
+            raise FileExistsError(
+                f"--out {out} already holds a run {what}; pass --resume to continue it or "
+                "--overwrite to replace it".replace("  ", " ")
+            )
+    elif out.is_dir() and any(out.iterdir()):
+        if resume:
+            raise FileNotFoundError(
+                f"nothing to --resume in {out}: it has no {CONFIG_FILE}; drop --resume"
+            )
+        raise FileExistsError(
+            f"--out {out} is a non-empty directory that does not hold a jaxdiff run; "
+            "choose an empty or new directory"
+        )
+    elif resume:
+        raise FileNotFoundError(f"nothing to --resume: {out} holds no run; drop --resume")
+    probe_writable(out)
+    if not cfg_path.exists() or not resume:
+        write_json(cfg_path, config)
+    return out
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` writer: one JSON object per line, flushed per write.
+
+    On resume, lines for steps beyond ``truncate_after`` (logged after the last checkpoint of a
+    run that then crashed) are dropped, so the log matches the restored state.
+    """
+
+    def __init__(self, path, *, truncate_after: int | None = None, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        if not enabled:
+            self._f = None
+            return
+        if truncate_after is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r.get("step", -1) <= truncate_after]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        self._f = open(self.path, "a")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._f is None:
+            return
+        self._f.write(json.dumps(_jsonable(record)) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(path) -> list[dict]:
+    """All records of a ``metrics.jsonl`` file (a torn last line from a crash is skipped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def write_report(path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """Write ``report.md``: a title and ``(heading, markdown body)`` sections."""
+    parts = [f"# {title}\n"]
+    for heading, body in sections:
+        parts.append(f"## {heading}\n\n{body.strip()}\n")
+    path = Path(path)
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,129 @@
+"""The run directory contract and the dataclass command lines."""
+
+import dataclasses
+import json
+from typing import Literal
+
+import pytest
+
+from experiments._cli import field, parse_config, run_main
+from jaxdiff.outputs import MetricsLog, prepare_run_dir, read_metrics
+
+
+def test_prepare_run_dir_new_resume_overwrite(tmp_path):
+    out = tmp_path / "run"
+    cfg = {"lr": 1e-3, "train_steps": 100}
+    prepare_run_dir(out, cfg, resume=False, overwrite=False)
+    assert json.loads((out / "config.json").read_text()) == cfg
+    with pytest.raises(FileExistsError, match="pass --resume to continue it or --overwrite"):
+        prepare_run_dir(out, cfg, resume=False, overwrite=False)
+    with pytest.raises(FileExistsError, match=r"different config \(lr: 0.001 -> 0.01\)"):
+        prepare_run_dir(out, {**cfg, "lr": 1e-2}, resume=False, overwrite=False)
+    # resume: more steps may differ, the learning rate may not
+    prepare_run_dir(
+        out, {**cfg, "train_steps": 200}, resume=True, overwrite=False, may_differ=("train_steps",)
+    )
+    with pytest.raises(ValueError, match=r"cannot --resume .* lr: 0.001 -> 0.01"):
+        prepare_run_dir(out, {**cfg, "lr": 1e-2}, resume=True, overwrite=False)
+    (out / "old.png").write_text("x")
+    prepare_run_dir(out, {**cfg, "lr": 1e-2}, resume=False, overwrite=True)
+    assert not (out / "old.png").exists()
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-2
+
+
+def test_prepare_run_dir_refusals(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="does not hold a jaxdiff run"):
+        prepare_run_dir(other, {}, resume=False, overwrite=True)
+    assert (other / "thesis.tex").exists()
+    with pytest.raises(FileNotFoundError, match="nothing to --resume"):
+        prepare_run_dir(tmp_path / "new", {}, resume=True, overwrite=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match="is not a directory"):
+        prepare_run_dir(tmp_path / "file", {}, resume=False, overwrite=False)
+    with pytest.raises(PermissionError, match="cannot write to output directory"):
+        prepare_run_dir(tmp_path / "file" / "sub", {}, resume=False, overwrite=False)
+
+
+def test_metrics_log_truncates_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLog(path) as log:
+        for step in range(1, 6):
+            log.write({"step": step, "loss": 1.0 / step})
+    with open(path, "a") as f:
+        f.write('{"step": 6, "lo')  # torn line from a crash
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4, 5]
+    with MetricsLog(path, truncate_after=3) as log:
+        log.write({"step": 4, "loss": 0.0})
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cfg:
+    """Toy config.
+
+    python -m experiments.toy --steps 3
+    """
+
+    steps: int = field(10, "number of steps")
+    lr: float = field(1e-3, "learning rate")
+    sampler: Literal["ddpm", "ddim"] = field("ddim", "sampler")
+    sizes: tuple[int, ...] = field((1, 2), "channel multipliers")
+    out: str | None = field(None, "output dir")
+    ema: bool = field(True, "use EMA")
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+
+
+def test_parse_config_types_and_defaults():
+    cfg = parse_config(Cfg, ["--steps", "3", "--sizes", "1,2,4", "--no-ema", "--out", "x"])
+    assert cfg == Cfg(steps=3, sizes=(1, 2, 4), ema=False, out="x")
+    assert parse_config(Cfg, []) == Cfg()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--steps", "x"], "invalid int value: 'x'"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--sampler", "euler"], "invalid choice: 'euler'"),
+        (["--sizes", "1,a"], "comma-separated list of int"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_and_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, argv, prog="toy")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: toy")
+    assert message in err and "Traceback" not in err
+    assert sum(line.startswith("toy: error:") for line in err.splitlines()) == 1
+
+
+def test_help_lists_every_option_with_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, ["--help"], prog="toy")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag, default in (
+        ("--steps", "10"),
+        ("--lr", "0.001"),
+        ("--sizes", "1,2"),
+        ("--ema", "True"),
+        ("--sampler", "ddim"),
+    ):
+        assert flag in out and f"(default: {default})" in out
+    assert "python -m experiments.toy --steps 3" in out
+
+
+def test_run_main_turns_input_errors_into_exit_2(capsys):
+    def main(cfg):
+        raise FileNotFoundError("no MNIST at /nowhere; pass --data-dir")
+
+    assert run_main(Cfg, main, [], prog="toy") == 2
+    assert capsys.readouterr().err.strip() == "toy: error: no MNIST at /nowhere; pass --data-dir"
