@@ -29,6 +29,6 @@ def mnist_data_dir() -> Path:
             "(e.g. TFDS_DATA_DIR=../shared/tensorflow_datasets)"
         )
     path = Path(value)
-    if not (path / "mnist").is_dir():
-        pytest.skip(f"TFDS_DATA_DIR={value} holds no prepared mnist/ folder")
+    if not list(path.glob("mnist/*/dataset_info.json")):
+        pytest.skip(f"TFDS_DATA_DIR={value} holds no prepared mnist/<version>/ folder")
     return path
