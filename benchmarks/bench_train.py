@@ -1,0 +1,151 @@
+"""Training-step throughput: examples/s of the compiled, sharded train step.
+
+Times :class:`jaxdiff.train.Trainer` on random data (MNIST-shaped 28x28x1 images for the U-Nets
+and the CNN, 2-D points for the MLP), with K steps per compiled call. The compile time (first
+call) is printed separately; the throughput is the median over ``--repeats`` timed calls.
+
+Run (from the repository root)::
+
+    python benchmarks/bench_train.py                                  # unet_mnist_small, B=128
+    python benchmarks/bench_train.py --model unet16 --batch 64 --k 1 5 --unroll 1 true
+    python benchmarks/bench_train.py --model mlp --batch 512 --k 1 10 --unroll 1 true
+    python benchmarks/bench_train.py --data device    # batches drawn on the device
+
+``--k`` and ``--unroll`` take several values and time every combination (``--unroll true``
+unrolls the scan fully; ``auto`` uses :func:`jaxdiff.train.default_scan_options`).
+Models: ``unet_mnist_small`` (1.08 M params), ``unet_mnist`` (6.06 M), ``unet16`` (the small
+U-Net of ``unet_mnist_small`` at base 16 channels), ``cnn`` (``SmallCNN``), ``mlp``
+(``SinusoidalMLP``, width 128).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxdiff.schedules import make_schedule
+from jaxdiff.train import TrainConfig, Trainer, default_scan_options
+
+MODELS = ("unet_mnist_small", "unet_mnist", "unet16", "cnn", "mlp")
+
+
+def build_model(name: str):
+    """``(model, example shape)`` for one of :data:`MODELS`."""
+    from jaxdiff import models
+
+    rngs = nnx.Rngs(0)
+    if name == "unet_mnist_small":
+        return models.unet_mnist_small(rngs=rngs), (28, 28, 1)
+    if name == "unet_mnist":
+        return models.unet_mnist(rngs=rngs), (28, 28, 1)
+    if name == "unet16":
+        model = models.UNet(
+            1, 28, base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
+            attention_resolutions=(7,), norm_groups=8, rngs=rngs,
+        )  # fmt: skip
+        return model, (28, 28, 1)
+    if name == "cnn":
+        return models.SmallCNN(rngs=rngs), (28, 28, 1)
+    if name == "mlp":
+        return models.SinusoidalMLP(2, hidden=128, rngs=rngs), (2,)
+    raise ValueError(f"unknown --model {name!r}; choose one of {MODELS}")
+
+
+def _unroll(text: str):
+    low = text.lower()
+    if low in ("true", "full"):
+        return True
+    if low == "false":
+        return False
+    if low == "auto":
+        return None
+    return int(text)
+
+
+def bench(model_name, batch, k, unroll, steps, repeats, data_mode):
+    from jaxdiff.models import split_model
+
+    model, shape = build_model(model_name)
+    _, params, apply = split_model(model)
+    config = TrainConfig(learning_rate=1e-4, steps_per_call=k, unroll=unroll)
+    trainer = Trainer(apply, make_schedule("linear", num_steps=1000), config)
+    k, unroll = trainer.steps_per_call, trainer.unroll
+    rng = np.random.default_rng(0)
+    state = trainer.init_state(params, 0)
+    calls = max(1, steps // k)
+
+    if data_mode == "device":
+        data = trainer.put_data({"x": rng.normal(size=(4 * batch, *shape)).astype(np.float32)})
+
+        def call(state):
+            return trainer.steps_on_data(state, data, batch, k)
+
+    else:
+        if k == 1:
+            host = {"x": rng.normal(size=(batch, *shape)).astype(np.float32)}
+            on_device = trainer.put_batch(host)
+
+            def call(state):
+                return trainer.step(state, on_device)
+
+        else:
+            host = {"x": rng.normal(size=(k, batch, *shape)).astype(np.float32)}
+            on_device = trainer.put_batch(host, stacked=True)
+
+            def call(state):
+                return trainer.steps(state, on_device)
+
+    start = time.perf_counter()
+    state, metrics = call(state)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+
+    per_step = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            state, metrics = call(state)
+        jax.block_until_ready(metrics)
+        per_step.append((time.perf_counter() - start) / (calls * k))
+    median = statistics.median(per_step)
+    loss = float(np.ravel(np.asarray(metrics["loss"]))[-1])
+    print(
+        f"{model_name:17s} batch={batch:4d} K={k:3d} unroll={unroll!s:5s} data={data_mode:6s} "
+        f"compile+first={compile_s:7.2f}s  step={median * 1e3:8.1f} ms  "
+        f"{batch / median:9.1f} examples/s  (min {min(per_step) * 1e3:.1f} ms, "
+        f"{repeats}x{calls * k} steps, loss {loss:.3f})",
+        flush=True,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="unet_mnist_small", choices=MODELS)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--k", type=int, nargs="+", default=[None])
+    parser.add_argument("--unroll", type=_unroll, nargs="+", default=[None])
+    parser.add_argument("--data", choices=("host", "device"), default="host")
+    args = parser.parse_args(argv)
+    print(
+        f"backend={jax.default_backend()} devices={jax.device_count()} "
+        f"defaults(K, unroll)={default_scan_options()} jax={jax.__version__}",
+        flush=True,
+    )
+    for k in args.k:
+        for unroll in args.unroll:
+            bench(args.model, args.batch, k, unroll, args.steps, args.repeats, args.data)
+
+
+if __name__ == "__main__":
+    main()

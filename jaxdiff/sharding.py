@@ -1,0 +1,271 @@
+"""Data parallelism over every device of every process: mesh, placements, multi-host, prefetch.
+
+One mesh axis, ``"data"`` (:data:`DATA_AXIS`), spans all devices of all processes. Batches are
+sharded along their example axis, everything else (parameters, optimiser state, an on-device
+dataset) is replicated. No ``jax.pmap``: the training step is one ``jax.jit`` with explicit
+``NamedSharding`` in/out shardings (see :mod:`jaxdiff.train`).
+
+Multi-host: start every process with :func:`initialize_distributed` before any other JAX call;
+each process then feeds only its slice of the global batch (:func:`shard_batch` uses
+``jax.make_array_from_process_local_data``) and only :func:`is_main_process` writes files.
+
+- :func:`make_mesh`, :func:`batch_sharding`, :func:`replicated_sharding`
+- :func:`check_batch_size`: the global batch must divide evenly over the devices
+- :func:`shard_batch`, :func:`replicate`: host arrays -> global ``jax.Array``
+- :func:`prefetch_to_device`, :func:`stack_batches`: stream host batches with a background thread
+- :func:`initialize_distributed`, :func:`is_main_process`, :func:`process_index`,
+  :func:`process_count`
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = [
+    "DATA_AXIS",
+    "batch_sharding",
+    "check_batch_size",
+    "initialize_distributed",
+    "is_main_process",
+    "make_mesh",
+    "prefetch_to_device",
+    "process_count",
+    "process_index",
+    "replicate",
+    "replicated_sharding",
+    "shard_batch",
+    "stack_batches",
+]
+
+DATA_AXIS = "data"
+
+PyTree = Any
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+    cpu_collectives: str | None = "gloo",
+    initialization_timeout: int = 300,
+) -> None:
+    """Start multi-process JAX (one process per host, or several on one machine).
+
+    Call it in every process before any other JAX call. Arguments left as ``None`` come from
+    the environment: ``JAX_COORDINATOR_ADDRESS`` (``"host:port"`` of process 0),
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, or, when those are unset, JAX's cluster
+    auto-detection (SLURM, Open MPI, Kubernetes, Cloud TPU).
+
+    Args:
+      coordinator_address: ``"host:port"`` where process 0 listens, e.g. ``"127.0.0.1:1234"``.
+      num_processes: total number of processes.
+      process_id: this process's index in ``[0, num_processes)``.
+      local_device_ids: restrict this process to these local devices (e.g. one GPU each).
+      cpu_collectives: cross-process collectives for the CPU backend (``"gloo"``, ``"mpi"``,
+        or ``None`` to leave JAX's setting alone). Without it, CPU processes cannot all-reduce.
+      initialization_timeout: seconds to wait for all processes to connect.
+    """
+    if cpu_collectives is not None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if num_processes is not None and process_id is not None:
+        if not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"process_id must lie in [0, num_processes) = [0, {num_processes}); got "
+                f"{process_id}. Number the processes 0..{num_processes - 1}."
+            )
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+        initialization_timeout=initialization_timeout,
+    )
+
+
+def process_index() -> int:
+    """This process's index (0 in a single-process run)."""
+    return jax.process_index()
+
+
+def process_count() -> int:
+    """Number of JAX processes (1 in a single-process run)."""
+    return jax.process_count()
+
+
+def is_main_process() -> bool:
+    """True only in process 0: the one process that writes files (checkpoints, metrics, plots)."""
+    return jax.process_index() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Mesh and shardings
+# --------------------------------------------------------------------------------------------------
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("make_mesh needs at least one device; got an empty list.")
+    return Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh, *, stacked: bool = False) -> NamedSharding:
+    """Shard the example axis over ``"data"``: axis 0 of ``(B, ...)``, or axis 1 of a stack of
+    K batches ``(K, B, ...)`` when ``stacked``."""
+    spec = PartitionSpec(None, DATA_AXIS) if stacked else PartitionSpec(DATA_AXIS)
+    return NamedSharding(mesh, spec)
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (parameters, optimiser state, on-device datasets)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+    """Raise unless the global batch divides evenly over the mesh's devices and processes."""
+    n = mesh.devices.size
+    if global_batch < 1 or global_batch % n:
+        lower, upper = max(n, global_batch // n * n), (global_batch // n + 1) * n
+        raise ValueError(
+            f"global batch size {global_batch} is not divisible by the number of devices {n} "
+            f"(mesh axis '{DATA_AXIS}'); each device must get the same number of examples. Use "
+            f"a multiple of {n}, e.g. {lower} or {upper}, or build the mesh over fewer devices "
+            f"(make_mesh(jax.devices()[:k]))."
+        )
+
+
+def _leaf_batch(tree: PyTree, axis: int) -> int:
+    sizes = {int(np.shape(leaf)[axis]) for leaf in jax.tree_util.tree_leaves(tree)}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"all arrays of a batch must share the example axis {axis}; got sizes {sorted(sizes)}."
+        )
+    return sizes.pop()
+
+
+def shard_batch(batch: PyTree, mesh: Mesh, *, stacked: bool = False) -> PyTree:
+    """Turn this process's slice of a batch into global arrays sharded over ``"data"``.
+
+    Args:
+      batch: a pytree of host arrays (NumPy), each ``(b, ...)`` (or ``(K, b, ...)`` when
+        ``stacked``), where ``b = B / process_count()`` is this process's share of the global
+        batch B. In a single-process run ``b = B``.
+      mesh: the mesh from :func:`make_mesh`.
+      stacked: the arrays hold K batches along a leading axis (for K steps per call).
+
+    Returns:
+      The same pytree of ``jax.Array`` of global shape ``(B, ...)`` (or ``(K, B, ...)``).
+    """
+    axis = 1 if stacked else 0
+    local = _leaf_batch(batch, axis)
+    check_batch_size(local * jax.process_count(), mesh)
+    sharding = batch_sharding(mesh, stacked=stacked)
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), batch
+    )
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Put a copy of ``tree`` on every device of ``mesh`` (all processes must pass equal values).
+
+    Works for NumPy arrays and for fully addressable ``jax.Array``; in a multi-process run each
+    process supplies its own copy and no data crosses hosts.
+    """
+    sharding = replicated_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming from the host
+# --------------------------------------------------------------------------------------------------
+
+
+def stack_batches(batches: Iterable[PyTree], k: int) -> Iterator[PyTree]:
+    """Group consecutive host batches K at a time into one pytree with a leading ``(K,)`` axis
+    (for :meth:`jaxdiff.train.Trainer.steps`); an incomplete last group is dropped."""
+    if k < 1:
+        raise ValueError(f"k (steps per call) must be >= 1; got {k}.")
+    group: list[PyTree] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == k:
+            yield jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *group)
+            group = []
+
+
+_END = object()
+
+
+def prefetch_to_device(
+    batches: Iterable[PyTree], mesh: Mesh, *, size: int = 2, stacked: bool = False
+) -> Iterator[PyTree]:
+    """Iterate over ``batches`` with up to ``size`` of them already sharded on the devices.
+
+    A background thread reads host batches (this process's slice, see :func:`shard_batch`) and
+    puts them on the devices while the previous step runs, so the step never waits on the host.
+    Exceptions of the source iterator are re-raised in the consumer.
+
+    Args:
+      batches: an iterable of pytrees of host arrays, ``(b, ...)`` or ``(K, b, ...)``.
+      mesh: the mesh; arrays are sharded with :func:`batch_sharding`.
+      size: how many batches to hold on device ahead of the consumer (>= 1).
+      stacked: the batches carry a leading K axis (see :func:`stack_batches`).
+    """
+    if size < 1:
+        raise ValueError(f"prefetch size must be >= 1; got {size}.")
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def producer():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                buffer.put(shard_batch(batch, mesh, stacked=stacked))
+            buffer.put(_END)
+        except BaseException as error:  # handed to the consumer
+            buffer.put(error)
+
+    thread = threading.Thread(target=producer, name="jaxdiff-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        # Unblock a producer waiting on a full queue so the thread can end.
+        with buffer.mutex:
+            buffer.queue.clear()
+            buffer.not_full.notify_all()
