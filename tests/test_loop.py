@@ -1,0 +1,189 @@
+"""The training loop: records, checkpoints on their multiples, hooks, resume, non-finite stop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.loop import NonFiniteLossError, fit, steps_per_second
+from jaxdiff.models import SinusoidalMLP, split_model
+from jaxdiff.outputs import MetricsLog, read_metrics
+from jaxdiff.schedules import make_schedule
+from jaxdiff.train import TrainConfig, Trainer
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = SinusoidalMLP(2, hidden=16, depth=1, time_dim=8, rngs=nnx.Rngs(0))
+    _, params, apply = split_model(model)
+    schedule = make_schedule("linear", num_steps=20)
+    config = TrainConfig(learning_rate=1e-3, ema_decay=0.9, steps_per_call=3, unroll=1)
+    trainer = Trainer(apply, schedule, config)
+    x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    return trainer, params, x
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+def test_fit_records_checkpoints_and_hooks(setup, tmp_path):
+    trainer, params, x = setup
+    data = trainer.put_data({"x": x})
+    seen = []
+    with (
+        Checkpointer(tmp_path / "ckpt", save_every=4, async_save=False) as ckpt,
+        MetricsLog(tmp_path / "metrics.jsonl") as log,
+    ):
+        state, records = fit(
+            trainer,
+            trainer.init_state(params, 0),
+            data,
+            num_steps=10,
+            batch_size=BATCH,
+            checkpointer=ckpt,
+            metrics_log=log,
+            hooks=[(5, lambda s, st: seen.append(s))],
+            progress=False,
+        )
+        # Calls are cut at the event multiples (4, 5, 8), the final step is always saved.
+        assert ckpt.all_steps() == [4, 8, 10]
+    assert seen == [5, 10]
+    assert int(state.step) == 10
+    assert [r["step"] for r in records] == list(range(1, 11))
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in records)
+    assert read_metrics(tmp_path / "metrics.jsonl") == records
+    assert set(records[0]) >= {"step", "loss", "grad_norm", "learning_rate", "ema_decay", "time"}
+
+
+def test_fit_resume_is_bitwise_identical(setup, tmp_path):
+    """6 steps straight == 3 steps, checkpoint, restore, 3 more steps (different call splits)."""
+    trainer, params, x = setup
+    data = trainer.put_data({"x": x})
+    straight, _ = fit(
+        trainer,
+        trainer.init_state(params, 1),
+        data,
+        num_steps=6,
+        batch_size=BATCH,
+        progress=False,
+    )
+    with Checkpointer(tmp_path / "c", async_save=False) as ckpt:
+        fit(
+            trainer,
+            trainer.init_state(params, 1),
+            data,
+            num_steps=3,
+            batch_size=BATCH,
+            checkpointer=ckpt,
+            progress=False,
+        )
+    with Checkpointer(tmp_path / "c", async_save=False) as ckpt:
+        restored, _ = ckpt.restore(trainer.init_state(params, 1))
+        assert int(restored.step) == 3
+        resumed, records = fit(
+            trainer,
+            restored,
+            data,
+            num_steps=6,
+            batch_size=BATCH,
+            checkpointer=ckpt,
+            progress=False,
+        )
+    assert [r["step"] for r in records] == [4, 5, 6]
+    for a, b in zip(_leaves(straight), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
+    trainer, params, x = setup
+    with Checkpointer(tmp_path / "c", save_every=3, async_save=False) as ckpt:
+        state, _ = fit(
+            trainer,
+            trainer.init_state(params, 2),
+            trainer.put_data({"x": x}),
+            num_steps=3,
+            batch_size=BATCH,
+            checkpointer=ckpt,
+            progress=False,
+        )
+        bad = trainer.put_data({"x": np.full_like(x, np.nan)})
+        with pytest.raises(NonFiniteLossError, match=r"not finite at step 4.*step 3") as err:
+            fit(
+                trainer,
+                state,
+                bad,
+                num_steps=9,
+                batch_size=BATCH,
+                checkpointer=ckpt,
+                progress=False,
+            )
+        assert err.value.step == 4
+        assert ckpt.all_steps() == [3]  # the bad state was never saved
+
+
+def test_streaming_batches_give_the_same_loop(setup):
+    trainer, params, _ = setup
+    k = trainer.steps_per_call
+    rng = np.random.default_rng(3)
+
+    def batches():
+        while True:
+            yield {"x": rng.normal(size=(k, BATCH, 2)).astype(np.float32)}
+
+    state, records = fit(
+        trainer,
+        trainer.init_state(params, 0),
+        batches(),
+        num_steps=2 * k,
+        batch_size=BATCH,
+        progress=False,
+    )
+    assert int(state.step) == 2 * k and len(records) == 2 * k
+    with pytest.raises(ValueError, match="ran out at step 0"):
+        fit(
+            trainer,
+            trainer.init_state(params, 0),
+            iter([]),
+            num_steps=3,
+            batch_size=BATCH,
+            progress=False,
+        )
+
+
+def test_bad_arguments(setup):
+    trainer, params, x = setup
+    data = trainer.put_data({"x": x})
+    state = trainer.init_state(params, 0)
+    with pytest.raises(ValueError, match="num_steps must be an int >= 1, got 0"):
+        fit(trainer, state, data, num_steps=0, batch_size=BATCH)
+    with pytest.raises(ValueError, match="hook interval must be an int >= 1"):
+        fit(trainer, state, data, num_steps=2, batch_size=BATCH, hooks=[(0, print)])
+    state, _ = fit(trainer, state, data, num_steps=3, batch_size=BATCH, progress=False)
+    with pytest.raises(ValueError, match="already at step 3, beyond num_steps=2"):
+        fit(trainer, state, data, num_steps=2, batch_size=BATCH)
+
+
+def test_steps_per_second_skips_the_compile_call():
+    records = [{"time": 10.0}] * 3 + [{"time": 11.0}] * 3 + [{"time": 12.0}] * 3
+    assert steps_per_second(records) == pytest.approx(6 / 2.0)
+    assert np.isnan(steps_per_second(records[:3]))
+
+
+def test_fit_uses_no_host_batches_for_on_device_data(setup):
+    """The on-device path takes device arrays only (host arrays would be copied every call)."""
+    trainer, params, x = setup
+    with pytest.raises(TypeError, match="put_data"):
+        fit(
+            trainer,
+            trainer.init_state(params, 0),
+            {"x": jnp.asarray(x).__array__()},
+            num_steps=3,
+            batch_size=BATCH,
+        )
