@@ -1,0 +1,279 @@
+"""The pure-function boundary between Flax NNX denoisers and training/sampling code.
+
+Every denoiser in :mod:`jaxdiff.models` is an ``nnx.Module`` called as::
+
+    y = model(x, t, labels=None, *, dropout_key=None)   # y.shape == x.shape
+
+Training and sampling code never sees the module. :func:`split_model` turns it into a
+graph definition, a parameter pytree and a pure ``apply`` function::
+
+    graphdef, params, apply = split_model(model)
+    y = apply(params, x, t, labels=None, *, dropout_key=None)
+
+This module also holds the pieces of that calling convention shared by all models:
+input validation (:func:`check_timesteps`, :func:`check_labels`), the sinusoidal
+timestep embedding and functional dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "ApplyFn",
+    "check_labels",
+    "check_timesteps",
+    "count_params",
+    "dropout",
+    "embed_lookup",
+    "split_model",
+    "timestep_embedding",
+]
+
+ApplyFn = Callable[..., jax.Array]
+"""``apply(params, x, t, labels=None, *, dropout_key=None) -> y`` with ``y.shape == x.shape``."""
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, ApplyFn]:
+    """Split an NNX denoiser into ``(graphdef, params, apply)``.
+
+    Args:
+      model: any denoiser of :mod:`jaxdiff.models` (or any ``nnx.Module`` with the
+        signature ``model(x, t, labels=None, *, dropout_key=None)``).
+
+    Returns:
+      graphdef: the static structure of ``model`` (``nnx.GraphDef``).
+      params: an ``nnx.State`` pytree holding every ``nnx.Param`` of ``model``; this is
+        what optimisers update and what ``jax.grad`` differentiates.
+      apply: the pure function ``apply(params, x, t, labels=None, *, dropout_key=None)``
+        returning the prediction with ``x``'s shape. It rebuilds the module from
+        ``graphdef`` and ``params`` with ``nnx.merge`` on every call, so it can be
+        wrapped in ``jax.jit``, ``jax.grad`` and ``jax.vmap`` with ``params`` as an
+        ordinary argument. Dropout is active only when ``dropout_key`` is given.
+
+    Any non-``Param`` state of ``model`` (none of the jaxdiff models has any; e.g. batch
+    statistics or RNG counters of user modules) is captured in ``apply``'s closure as a
+    constant: it is neither an argument nor updated by ``apply``.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def apply(
+        params: nnx.State,
+        x: jax.Array,
+        t: jax.Array | int,
+        labels: jax.Array | None = None,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        module = nnx.merge(graphdef, params, rest)
+        return module(x, t, labels, dropout_key=dropout_key)
+
+    return graphdef, params, apply
+
+
+def count_params(tree: Any) -> int:
+    """Total number of scalar parameters in ``tree`` (an ``nnx.State``, a module or arrays).
+
+    Works on abstract models too, so a large config can be counted without initialising it:
+    ``count_params(nnx.eval_shape(lambda: unet_mnist(rngs=nnx.Rngs(0))))``.
+    """
+    if isinstance(tree, nnx.Module):
+        tree = nnx.state(tree, nnx.Param)
+    # ``leaf.shape`` also covers abstract leaves (``jax.ShapeDtypeStruct`` from ``nnx.eval_shape``).
+    return int(
+        sum(math.prod(getattr(leaf, "shape", np.shape(leaf))) for leaf in jax.tree.leaves(tree))
+    )
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+    """``value`` as a NumPy array, or ``None`` when it is abstract (traced under jit)."""
+    try:
+        return np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def check_timesteps(
+    t: jax.Array | int,
+    batch: int,
+    *,
+    num_steps: int | None = None,
+    integer: bool = False,
+) -> jax.Array:
+    """Validate timesteps and broadcast them to shape ``(batch,)``.
+
+    Args:
+      t: a scalar or a ``(batch,)`` array of timestep indices in ``[0, num_steps)``.
+      batch: the batch size B of the model input.
+      num_steps: if given and ``t`` is concrete (not traced under ``jit``), values
+        outside ``[0, num_steps)`` raise. Under ``jit`` values cannot be checked.
+      integer: require an integer dtype (models that index a per-step table).
+
+    Returns:
+      ``t`` broadcast to shape ``(batch,)`` (dtype unchanged).
+    """
+    t = jnp.asarray(t)
+    if t.shape not in ((), (batch,)):
+        raise ValueError(
+            f"t must be a scalar or have shape (B,) = ({batch},) matching the batch of x; "
+            f"got shape {t.shape}. Pass one timestep index per example, e.g. t.reshape(-1)."
+        )
+    if integer and not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(
+            f"t must hold integer timestep indices for this model (it indexes a per-step "
+            f"table); got dtype {t.dtype}. Pass t.astype(jnp.int32)."
+        )
+    if num_steps is not None:
+        values = _concrete(t)
+        if values is not None and values.size and (values.min() < 0 or values.max() >= num_steps):
+            raise ValueError(
+                f"t must lie in [0, num_steps) = [0, {num_steps}); got values in "
+                f"[{values.min()}, {values.max()}]. Use 0-based timestep indices, or build "
+                f"the model with a larger num_steps."
+            )
+    return jnp.broadcast_to(t, (batch,))
+
+
+def check_labels(labels: jax.Array | None, batch: int, num_classes: int | None) -> jax.Array | None:
+    """Validate class labels and resolve the null label.
+
+    Args:
+      labels: ``None``, a scalar or a ``(batch,)`` integer array.
+      batch: the batch size B of the model input.
+      num_classes: ``None`` for an unconditional model; otherwise labels lie in
+        ``[0, num_classes]``, where ``num_classes`` itself is the null ("no class")
+        label used for classifier-free guidance. Values are checked when concrete;
+        under ``jit`` they cannot be checked, and the models' :func:`embed_lookup`
+        turns an out-of-range label into NaN outputs instead.
+
+    Returns:
+      ``None`` for an unconditional model; otherwise int32 labels of shape
+      ``(batch,)``, with ``labels=None`` mapped to the null label for the whole batch.
+    """
+    if num_classes is None:
+        if labels is not None:
+            raise ValueError(
+                "labels were passed to an unconditional model (num_classes=None). Build the "
+                "model with num_classes=K to condition on K classes, or call it with labels=None."
+            )
+        return None
+    if labels is None:
+        return jnp.full((batch,), num_classes, dtype=jnp.int32)
+    labels = jnp.asarray(labels)
+    if labels.shape not in ((), (batch,)):
+        raise ValueError(
+            f"labels must be a scalar or have shape (B,) = ({batch},) matching the batch of x; "
+            f"got shape {labels.shape}. Pass one integer class per example."
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"labels must be integer class indices; got dtype {labels.dtype}. "
+            f"Pass labels.astype(jnp.int32)."
+        )
+    values = _concrete(labels)
+    if values is not None and values.size and (values.min() < 0 or values.max() > num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}] (classes 0..{num_classes - 1}, and "
+            f"{num_classes} = the null label for classifier-free guidance); got values in "
+            f"[{values.min()}, {values.max()}]. Check the label encoding or num_classes."
+        )
+    return jnp.broadcast_to(labels.astype(jnp.int32), (batch,))
+
+
+def check_images(x: jax.Array, channels: int, model: str) -> None:
+    """Raise unless ``x`` is a floating NHWC batch ``(B, H, W, channels)``."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{model} expects a batch of NHWC images (B, H, W, C={channels}); got shape "
+            f"{x.shape}. Add a batch axis for one image (x[None]) and put channels last "
+            f"(x.transpose(0, 2, 3, 1) for NCHW)."
+        )
+    if x.shape[-1] != channels:
+        raise ValueError(
+            f"{model} was built with channels={channels} but x has {x.shape[-1]} channels "
+            f"(shape {x.shape}, NHWC). Build the model with channels={x.shape[-1]} or pass "
+            f"channels-last images."
+        )
+    _check_float(x)
+
+
+def check_points(x: jax.Array, dim: int, model: str) -> None:
+    """Raise unless ``x`` is a floating batch of points ``(B, dim)``."""
+    if x.ndim != 2 or x.shape[-1] != dim:
+        raise ValueError(
+            f"{model} was built for dim={dim} and expects points of shape (B, {dim}); got "
+            f"shape {x.shape}. Add a batch axis for one point (x[None]) or build the model "
+            f"with dim={x.shape[-1] if x.ndim else 1}."
+        )
+    _check_float(x)
+
+
+def _check_float(x: jax.Array) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"x must be a floating-point array; got dtype {x.dtype}. Convert it, e.g. "
+            f"x.astype(jnp.float32) (and scale images to the model's data range)."
+        )
+
+
+def embed_lookup(embed: nnx.Embed, index: jax.Array) -> jax.Array:
+    """Rows of an embedding table, NaN for indices outside ``[0, num_embeddings)``.
+
+    Models validate concrete indices (labels, timestep indices) with a clear error before
+    the lookup; under ``jit`` values cannot be checked, so an invalid index yields a row of
+    NaN (and hence a NaN prediction and loss) instead of silently wrapping (negative
+    indices) or reusing another row.
+
+    Args:
+      embed: an ``nnx.Embed`` with ``num_embeddings`` rows of width ``features``.
+      index: integer array of any shape ``S``.
+
+    Returns:
+      ``S + (features,)`` rows.
+    """
+    n = embed.num_embeddings
+    rows = embed(jnp.clip(index, 0, n - 1))
+    valid = (index >= 0) & (index < n)
+    return jnp.where(valid[..., None], rows, jnp.nan)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal timestep embedding (Transformer / DDPM style).
+
+    ``emb[b] = [cos(t_b w_0), ..., cos(t_b w_{h-1}), sin(t_b w_0), ..., sin(t_b w_{h-1})]``
+    with ``h = dim // 2`` and ``w_i = max_period ** (-i / h)`` (the improved-diffusion
+    convention); an odd ``dim`` gets a trailing zero column.
+
+    Args:
+      t: ``(B,)`` timesteps (integer or float; converted to float32).
+      dim: embedding width.
+      max_period: the longest period ``2 pi max_period`` of the slowest frequency.
+
+    Returns:
+      ``(B, dim)`` float32 embedding.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each entry with probability ``rate`` and rescale by ``1/(1-rate)``.
+
+    Identity when ``key`` is ``None`` (evaluation mode) or ``rate == 0``.
+    """
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
