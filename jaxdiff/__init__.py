@@ -8,6 +8,11 @@ The core API works on arrays and needs no model::
     mean, var, log_var = jaxdiff.q_posterior(s, x0, x_t, t)
     x_prev = jaxdiff.ddpm_step(s, eps, x_t, t, noise, variance="posterior")
     x_prev = jaxdiff.ddim_step(s, eps, x_t, t, t_prev, noise, eta=0.0)
+    out = jaxdiff.sample(apply, params, s, (64, 28, 28, 1), key, sampler="dpm++", steps=20)
+
+Models, training, checkpoints, data, metrics and plots live in their submodules
+(``jaxdiff.models``, ``jaxdiff.train``, ``jaxdiff.loop``, ``jaxdiff.checkpoint``, ...), so that
+``import jaxdiff`` stays light.
 """
 
 from jaxdiff.forward import q_mean_variance, q_sample, q_sample_iterative, q_step
@@ -31,6 +36,7 @@ from jaxdiff.parameterization import (
     x0_from_v,
 )
 from jaxdiff.reverse import VARIANCES, ddim_step, ddpm_step, model_log_variance, q_posterior
+from jaxdiff.samplers import SAMPLERS, SampleResult, sample, step_sequence
 from jaxdiff.schedules import (
     SCHEDULE_KINDS,
     Schedule,
@@ -44,8 +50,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PREDICTIONS",
+    "SAMPLERS",
     "SCHEDULE_KINDS",
     "VARIANCES",
+    "SampleResult",
     "Schedule",
     "TerminalSignalWarning",
     "bits_per_dim",
@@ -67,8 +75,10 @@ __all__ = [
     "q_sample",
     "q_sample_iterative",
     "q_step",
+    "sample",
     "sample_timesteps",
     "schedule_from_betas",
+    "step_sequence",
     "to_eps_and_x0",
     "v_from_eps_x0",
     "vlb_terms",

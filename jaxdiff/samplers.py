@@ -930,6 +930,8 @@ def sample(
     try:
         key = jnp.asarray(key)
         jax.random.fold_in(key, 0)
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
     except (TypeError, ValueError) as e:
         raise TypeError(f"key must be a PRNG key (jax.random.key(seed)), got {key!r}") from e
     check_terminal_signal(schedule, stacklevel=3)

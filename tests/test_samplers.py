@@ -458,3 +458,15 @@ def test_bad_types_raise_type_error(schedule):
 def test_model_output_shape_is_checked(schedule):
     with pytest.raises(ValueError, match=r"must return an array of x's shape \(2, 3\)"):
         sample(lambda p, x, t: x[:, :1], None, schedule, (2, 3), jax.random.key(0), steps=2)
+
+
+def test_raw_and_typed_keys_give_the_same_samples():
+    """``jax.random.PRNGKey(0)`` (raw uint32 data) and ``jax.random.key(0)`` are one key."""
+    s = make_schedule("linear", num_steps=20)
+
+    def apply(params, x, t, labels=None):
+        return 0.1 * x
+
+    raw = sample(apply, None, s, (3, 2), jax.random.PRNGKey(0), sampler="ddim", steps=4)
+    typed = sample(apply, None, s, (3, 2), jax.random.key(0), sampler="ddim", steps=4)
+    np.testing.assert_array_equal(np.asarray(raw.samples), np.asarray(typed.samples))
