@@ -1,0 +1,599 @@
+"""MNIST: train a U-Net denoiser with EMA, sample it, draw the figures, measure it, report.
+
+Run (defaults sized by backend; see :data:`PRESETS`)::
+
+    python -m experiments.mnist                                  # writes runs/mnist/
+    python -m experiments.mnist --out runs/cond --class-conditional --guidance-scale 2
+    python -m experiments.mnist --resume                          # continue runs/mnist/
+    python -m experiments.mnist --help                            # every option, with defaults
+
+Outputs in ``--out`` (the DESIGN.md contract): config.json, metrics.jsonl (one record per training
+step), metrics.json (final numbers), samples.npy (float32 ``(N, H, W, 1)`` in [0, 1]; labels.npy
+too when class-conditional), PNG figures, a GIF of the reverse process, checkpoints/ and
+report.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments._cli import field, run_main
+from jaxdiff import data as jdata
+from jaxdiff import plotting
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.forward import q_sample
+from jaxdiff.loop import fit, steps_per_second
+from jaxdiff.models import (
+    UNet,
+    count_params,
+    split_model,
+    unet_level_sizes,
+    unet_mnist,
+    unet_mnist_small,
+)
+from jaxdiff.outputs import MetricsLog, prepare_run_dir, read_metrics, write_json, write_report
+from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.schedules import make_schedule
+from jaxdiff.sharding import is_main_process
+from jaxdiff.train import TrainConfig, Trainer, eval_params
+
+PROG = "python -m experiments.mnist"
+SAMPLE_CHUNK = 250  # samples per compiled sampling call (bounds memory)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Backend-sized defaults for the fields left as ``None`` on the command line."""
+
+    name: str
+    model: str
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    ema_decay: float
+    sample_every: int
+    checkpoint_every: int
+    seconds_per_step: float  # measured; for the printed duration estimate
+    fixed_seconds: float  # compile, data, sampling, evaluation (measured)
+
+
+# The CPU preset is sized so that the whole default run (data, compile, training, 1,000 samples,
+# figures, evaluation with the cached classifier) fits in 20 minutes on a 2-core CPU: see
+# README.md for the measured time. The EMA decay is matched to the run length (DESIGN.md).
+PRESETS = {
+    "cpu": Preset("cpu", "compact", 1200, 32, 1e-3, 100, 0.995, 300, 300, 0.5, 300.0),
+    "gpu": Preset("gpu", "full", 40_000, 128, 2e-4, 1000, 0.9999, 5000, 5000, 0.03, 120.0),
+}
+
+
+def unet_tiny(channels, image_size, num_classes, *, rngs):
+    """A few-thousand-parameter U-Net (two levels, base 8, no attention) for smoke tests."""
+    return UNet(
+        channels,
+        image_size,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        mid_attention=False,
+        num_classes=num_classes,
+        norm_groups=4,
+        rngs=rngs,
+    )
+
+
+def unet_compact(channels, image_size, num_classes, *, rngs):
+    """The CPU preset's U-Net: ``unet_mnist_small`` at base 16 (0.28M parameters).
+
+    On XLA:CPU the base-32 ``unet_mnist_small`` trains at ~6 s per batch-64 step on 2 cores
+    (benchmarks/RESULTS.md), too slow for a 20-minute run; base 16 is ~4x cheaper.
+    """
+    side = min(unet_level_sizes(image_size, 3)[-1])
+    return UNet(
+        channels,
+        image_size,
+        base_channels=16,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(side,),
+        num_classes=num_classes,
+        norm_groups=8,
+        rngs=rngs,
+    )
+
+
+MODELS = {
+    "tiny": unet_tiny,
+    "compact": unet_compact,
+    "small": unet_mnist_small,
+    "full": unet_mnist,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistConfig:
+    """Configuration of ``python -m experiments.mnist`` (flags: ``--train-steps 2000`` ...).
+
+    Fields left at ``None`` take the backend's preset (``--preset auto``: "cpu" on a CPU, "gpu"
+    on a GPU or TPU).
+    """
+
+    out: str = field("runs/mnist", "output directory (config, metrics, samples, figures, ckpts)")
+    seed: int = field(0, "PRNG seed of the model init, the training noise and the samples")
+    preset: Literal["auto", "cpu", "gpu"] = field("auto", "defaults sized for this backend")
+    train_steps: int | None = field(None, "total training steps (preset: cpu 1200, gpu 40000)")
+    batch_size: int | None = field(None, "global batch size (preset: cpu 32, gpu 128)")
+    model: Literal["tiny", "compact", "small", "full"] | None = field(
+        None,
+        "U-Net: tiny (tests), compact (0.28M params), small (1.1M) or full (6.5M) "
+        "(preset: cpu compact, gpu full)",
+    )
+    learning_rate: float | None = field(None, "peak Adam learning rate (cpu 1e-3, gpu 2e-4)")
+    warmup_steps: int | None = field(None, "linear learning-rate warm-up steps")
+    ema_decay: float | None = field(None, "EMA decay, with warm-up (cpu 0.995, gpu 0.9999)")
+    image_size: int = field(28, "train on 28x28 or 32x32 (bilinear resize) images")
+    num_timesteps: int = field(1000, "diffusion steps T")
+    schedule: Literal["linear", "cosine", "quadratic", "sigmoid"] = field("linear", "beta schedule")
+    prediction: Literal["eps", "x0", "v"] = field("eps", "what the network predicts")
+    class_conditional: bool = field(False, "condition on the digit (label dropout for CFG)")
+    label_dropout: float = field(0.1, "probability of the null label while training (CFG)")
+    guidance_scale: float = field(1.0, "classifier-free guidance weight w (conditional only)")
+    sampler: Literal["dpm++", "ddim", "ddpm"] = field("dpm++", "sampler for the final samples")
+    sample_steps: int | None = field(None, "sampler steps (default dpm++ 20, ddim 50, ddpm T)")
+    num_samples: int = field(1000, "final samples saved to samples.npy and evaluated")
+    sample_every: int | None = field(None, "write a sample grid every N steps (0 = never)")
+    checkpoint_every: int | None = field(None, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = field(3, "checkpoints to keep")
+    steps_per_call: int | None = field(
+        None, "training steps per compiled call (K); default per backend, see jaxdiff.train"
+    )
+    train_limit: int | None = field(None, "use only the first N training images (smoke tests)")
+    data_dir: str | None = field(None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR)")
+    evaluate: bool = field(True, "Frechet distance etc. with the MNIST feature classifier")
+    cache_dir: str | None = field(None, "cache for the evaluation classifier (~/.cache/jaxdiff)")
+    resume: bool = field(False, "continue the run in --out from its latest checkpoint")
+    overwrite: bool = field(False, "delete an earlier run in --out and start again")
+    progress: bool = field(True, "show progress bars")
+
+    def __post_init__(self):
+        for name in (
+            "train_steps",
+            "batch_size",
+            "warmup_steps",
+            "sample_steps",
+            "train_limit",
+            "steps_per_call",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "warmup_steps" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.image_size not in (28, 32):
+            raise ValueError(f"--image-size must be 28 or 32, got {self.image_size}")
+        if self.num_timesteps < 2:
+            raise ValueError(f"--num-timesteps must be >= 2, got {self.num_timesteps}")
+        if self.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        for name in ("sample_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"--label-dropout must lie in [0, 1), got {self.label_dropout}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"--guidance-scale must be >= 0, got {self.guidance_scale}")
+        if self.guidance_scale > 0 and self.class_conditional and self.label_dropout == 0:
+            raise ValueError(
+                "--guidance-scale > 0 needs an unconditional model too: set --label-dropout > 0 "
+                "(e.g. 0.1) or --guidance-scale 0"
+            )
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other; pass one of them")
+
+
+# Settings that may change between a run and its --resume (they do not change the trained model).
+RESUMABLE = (
+    "train_steps",
+    "sampler",
+    "sample_steps",
+    "num_samples",
+    "guidance_scale",
+    "sample_every",
+    "evaluate",
+    "cache_dir",
+    "data_dir",
+    "resume",
+    "overwrite",
+    "progress",
+    "keep_checkpoints",
+    "steps_per_call",
+)
+
+
+def resolve(config: MnistConfig, backend: str | None = None) -> tuple[MnistConfig, Preset]:
+    """Fill every ``None`` field from the preset for ``backend`` (default: JAX's backend)."""
+    name = config.preset
+    if name == "auto":
+        name = "cpu" if (backend or jax.default_backend()) == "cpu" else "gpu"
+    p = PRESETS[name]
+    filled = {
+        "train_steps": p.train_steps,
+        "batch_size": p.batch_size,
+        "model": p.model,
+        "learning_rate": p.learning_rate,
+        "warmup_steps": p.warmup_steps,
+        "ema_decay": p.ema_decay,
+        "sample_every": p.sample_every,
+        "checkpoint_every": p.checkpoint_every,
+    }
+    changes = {k: v for k, v in filled.items() if getattr(config, k) is None}
+    config = dataclasses.replace(config, preset=name, **changes)
+    if config.warmup_steps >= config.train_steps and config.warmup_steps > 0:
+        config = dataclasses.replace(config, warmup_steps=max(0, config.train_steps // 10))
+    return config, p
+
+
+def _log(msg: str) -> None:
+    if is_main_process():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _to_images(x) -> np.ndarray:
+    """Sampler output in [-1, 1] -> float32 [0, 1] (clipped), as samples.npy stores it."""
+    return np.clip(np.asarray(jdata.to_unit_interval(jax.device_get(x)), np.float32), 0.0, 1.0)
+
+
+def main(config: MnistConfig) -> dict:
+    """Run the experiment; return the final metrics dict (also written to metrics.json)."""
+    config, preset = resolve(config)
+    t_start = time.perf_counter()
+    num_classes = 10 if config.class_conditional else None
+    guidance = config.guidance_scale if config.class_conditional else 0.0
+
+    # Inputs first: missing data or a refused --out must fail before any work.
+    images, labels = jdata.load_mnist(
+        "train", data_dir=config.data_dir, image_size=config.image_size, limit=config.train_limit
+    )
+    if len(images) < config.batch_size:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is larger than the {len(images)} training images; "
+            "lower --batch-size or raise --train-limit"
+        )
+    cfg_dict = dataclasses.asdict(config)
+    main_process = is_main_process()
+    out = (
+        prepare_run_dir(
+            config.out,
+            cfg_dict,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            may_differ=RESUMABLE,
+        )
+        if main_process
+        else Path(config.out)
+    )
+
+    # Model, schedule, compiled step.
+    factory = MODELS[config.model]
+    model = factory(1, config.image_size, num_classes, rngs=nnx.Rngs(config.seed))
+    _graphdef, params, apply = split_model(model)
+    n_params = count_params(params)
+    schedule = make_schedule(config.schedule, config.num_timesteps)
+    train_config = TrainConfig(
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        ema_decay=config.ema_decay,
+        prediction=config.prediction,
+        num_classes=num_classes,
+        label_dropout=config.label_dropout if config.class_conditional else 0.0,
+        steps_per_call=config.steps_per_call,
+    )
+    trainer = Trainer(apply, schedule, train_config)
+    if config.batch_size % trainer.num_devices:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is not divisible by the {trainer.num_devices} "
+            "devices; pick a multiple of the device count"
+        )
+    key = jax.random.PRNGKey(config.seed)
+    state = trainer.init_state(params, jax.random.fold_in(key, 0))
+
+    expected = preset.fixed_seconds + preset.seconds_per_step * config.train_steps * (
+        config.batch_size / preset.batch_size
+    )
+    _log(
+        f"jaxdiff MNIST: preset '{config.preset}' on {jax.default_backend()} "
+        f"({trainer.num_devices} device(s)); {config.model} U-Net with {n_params:,} parameters; "
+        f"{config.train_steps} steps of batch {config.batch_size}; expected duration "
+        f"~{expected / 60:.0f} min (measured for the {preset.name} preset's machine); out: {out}"
+    )
+
+    ckpt = Checkpointer(
+        out / "checkpoints",
+        max_to_keep=config.keep_checkpoints,
+        save_every=config.checkpoint_every or None,
+    )
+    with ckpt:
+        restored = None
+        if config.resume and ckpt.latest_step() is not None:
+            state, _meta = ckpt.restore(state)
+            restored = int(jax.device_get(state.step))
+            _log(f"resumed from the checkpoint at step {restored}")
+        elif config.resume:
+            _log("--resume: no checkpoint yet in this run; starting at step 0")
+
+        if main_process:
+            _forward_figures(out, schedule, images, key)
+
+        data = trainer.put_data({"x": images, "labels": labels} if num_classes else {"x": images})
+        # The progress grid uses the final sampler's settings (so both share one compiled
+        # loop when the shapes agree), except that slow DDPM is replaced by DPM-Solver++ 20.
+        n_grid = min(64, config.num_samples)
+        grid_labels = jnp.arange(n_grid) % 10 if num_classes else None
+        grid_sampler, grid_steps = (
+            ("dpm++", 20) if config.sampler == "ddpm" else (config.sampler, config.sample_steps)
+        )
+
+        def sample_grid(step, st):
+            result = sample(
+                apply,
+                eval_params(st),
+                schedule,
+                (n_grid, *images.shape[1:]),
+                jax.random.fold_in(key, 2),
+                sampler=grid_sampler,
+                steps=grid_steps,
+                labels=grid_labels,
+                num_classes=num_classes,
+                guidance_scale=guidance,
+                prediction=config.prediction,
+                clip_x0=1.0,
+                chunk_size=SAMPLE_CHUNK,
+            )
+            if main_process:
+                plotting.save_image_grid(
+                    out / "progress" / f"samples_{step:07d}.png",
+                    _to_images(result.samples),
+                    ncols=8,
+                    title=f"EMA samples after {step} steps",
+                )
+
+        hooks = [(config.sample_every, sample_grid)] if config.sample_every else []
+        log = MetricsLog(out / "metrics.jsonl", truncate_after=restored, enabled=main_process)
+        t_train = time.perf_counter()
+        with log:
+            state, records = fit(
+                trainer,
+                state,
+                data,
+                num_steps=config.train_steps,
+                batch_size=config.batch_size,
+                checkpointer=ckpt,
+                checkpoint_metadata={"config": cfg_dict},
+                metrics_log=log,
+                hooks=hooks,
+                progress=config.progress,
+                description="train",
+            )
+        train_seconds = time.perf_counter() - t_train
+    del data
+
+    # Final samples (EMA parameters).
+    final = _final_samples(
+        config, apply, eval_params(state), schedule, images.shape[1:], key, num_classes, guidance
+    )
+    metrics: dict = {
+        "train_steps": config.train_steps,
+        "batch_size": config.batch_size,
+        "parameters": n_params,
+        "train_seconds_this_run": round(train_seconds, 1),
+        "steps_per_second": steps_per_second(records),
+        "final_loss_mean_last_100": float(
+            np.mean([r["loss"] for r in read_metrics(out / "metrics.jsonl")][-100:])
+        )
+        if main_process
+        else math.nan,
+        "sample_seconds": round(final["seconds"], 1),
+        "sampler": config.sampler,
+        "sample_steps": final["steps"],
+    }
+    if main_process:
+        np.save(out / "samples.npy", final["samples"])
+        if num_classes:
+            np.save(out / "labels.npy", final["labels"])
+        _final_figures(out, config, final, images)
+        if config.evaluate:
+            evaluation = _evaluate(config, final)
+            if evaluation is not None:
+                metrics["evaluation"] = evaluation
+        metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+        write_json(out / "metrics.json", metrics)
+        _write_report(out, config, metrics)
+        _log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
+    return metrics
+
+
+def _forward_figures(out: Path, schedule, images: np.ndarray, key) -> None:
+    """Forward-noising grid with pixel histograms (the same 6 digits at growing t)."""
+    ts = [0, 50, 100, 200, 400, 600, 800, schedule.num_steps - 1]
+    ts = sorted({min(t, schedule.num_steps - 1) for t in ts})
+    x0 = jnp.asarray(images[:6])
+    noisy = []
+    for t in ts:
+        noise = jax.random.normal(jax.random.fold_in(key, 10_000 + t), x0.shape)
+        noisy.append(np.asarray(q_sample(schedule, x0, jnp.full((6,), t), noise)))
+    plotting.plot_forward_process(out / "forward_process.png", np.stack(noisy), ts)
+
+
+def _final_samples(config, apply, params, schedule, shape, key, num_classes, guidance) -> dict:
+    n = config.num_samples
+    labels = (np.arange(n) % 10).astype(np.int32) if num_classes else None
+    kwargs = dict(
+        sampler=config.sampler,
+        steps=config.sample_steps,
+        num_classes=num_classes,
+        guidance_scale=guidance,
+        prediction=config.prediction,
+        clip_x0=1.0,
+    )
+    ts, t_next = step_sequence(schedule, config.sampler, config.sample_steps)
+    n_steps = len(ts)
+    sample_key = jax.random.fold_in(key, 3)
+    t0 = time.perf_counter()
+    result = sample(
+        apply,
+        params,
+        schedule,
+        (n, *shape),
+        sample_key,
+        labels=None if labels is None else jnp.asarray(labels),
+        chunk_size=SAMPLE_CHUNK,
+        **kwargs,
+    )
+    samples = _to_images(result.samples)
+    seconds = time.perf_counter() - t0
+    # The reverse process of the first 10 samples: sample n depends only on (key, n), so these
+    # equal samples[:10]. At most 40 recorded steps keep the figure and the GIF small.
+    record = sorted(set(np.linspace(0, n_steps - 1, min(n_steps, 40)).round().astype(int)))
+    few = sample(
+        apply,
+        params,
+        schedule,
+        (10, *shape),
+        sample_key,
+        labels=None if labels is None else jnp.asarray(labels[:10]),
+        record=record,
+        **kwargs,
+    )
+    trajectory = _to_images(few.trajectory)
+    record_t = [int(t_next[j]) for j in record]
+    return {
+        "samples": samples,
+        "labels": labels,
+        "trajectory": trajectory,
+        "trajectory_t": record_t,
+        "seconds": seconds,
+        "steps": n_steps,
+    }
+
+
+def _final_figures(out: Path, config: MnistConfig, final: dict, images: np.ndarray) -> None:
+    samples = final["samples"]
+    real = _to_images(images[:64])
+    plotting.plot_samples_vs_real(
+        out / "samples_vs_real.png",
+        samples[:64],
+        real,
+        title=f"{config.sampler} ({final['steps']} steps), EMA weights",
+    )
+    if final["labels"] is not None:
+        # One row per digit: 10 samples of each class.
+        order = np.concatenate([np.flatnonzero(final["labels"] == d)[:10] for d in range(10)])
+        plotting.save_image_grid(
+            out / "samples_by_class.png",
+            samples[order],
+            ncols=10,
+            title=f"rows: digits 0-9, guidance w={config.guidance_scale}",
+        )
+    traj, ts = final["trajectory"], final["trajectory_t"]
+    cols = sorted(set(np.linspace(0, len(ts) - 1, min(len(ts), 10)).round().astype(int)))
+    plotting.plot_reverse_process(
+        out / "reverse_process.png", traj[cols], [ts[c] for c in cols], n=8
+    )
+    plotting.plot_histogram_evolution(
+        out / "reverse_histograms.png", traj[cols], [ts[c] for c in cols]
+    )
+    plotting.save_gif(out / "reverse_process.gif", traj, ncols=5)
+    records = read_metrics(out / "metrics.jsonl")
+    plotting.plot_loss_curves(
+        out / "loss_curves.png",
+        [r["step"] for r in records],
+        [r["loss"] for r in records],
+        window=50,
+    )
+
+
+def _evaluate(config: MnistConfig, final: dict) -> dict | None:
+    from jaxdiff.metrics import evaluate_samples
+
+    try:
+        return evaluate_samples(
+            final["samples"],
+            "mnist",
+            labels=final["labels"],
+            cache_dir=config.cache_dir,
+            data_dir=config.data_dir,
+            progress=config.progress,
+        )
+    except ValueError as e:  # e.g. too few samples for a covariance: report, don't lose the run
+        _log(f"evaluation skipped: {e}")
+        return None
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _write_report(out: Path, config: MnistConfig, metrics: dict) -> None:
+    lines = [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if k != "evaluation"]
+    sections = [
+        (
+            "Command",
+            f"```\n{PROG} " + " ".join(sys.argv[1:]) + "\n```\n\nResolved config: "
+            f"`config.json`. Preset: {config.preset}.",
+        ),
+        (
+            "Samples",
+            "![samples vs real](samples_vs_real.png)"
+            + ("\n\n![by class](samples_by_class.png)" if config.class_conditional else ""),
+        ),
+        (
+            "Training",
+            "| quantity | value |\n| --- | --- |\n"
+            + "\n".join(lines)
+            + "\n\n![loss curves](loss_curves.png)",
+        ),
+    ]
+    ev = metrics.get("evaluation")
+    if ev:
+        rows = [
+            f"| {name} | {_fmt(v['samples'])} | {_fmt(v['real'])} | {_fmt(v['noise'])} |"
+            for name, v in ev["metrics"].items()
+        ]
+        sections.append(
+            (
+                "Evaluation",
+                f"{ev['num_samples']} samples, feature network: {ev.get('feature_network', '?')}. "
+                "'real' is real data against real data (the floor), 'noise' is noise against real "
+                "data (the ceiling).\n\n| metric | samples | real | noise |\n"
+                "| --- | --- | --- | --- |\n" + "\n".join(rows),
+            )
+        )
+    sections.append(
+        (
+            "Processes",
+            "![reverse process](reverse_process.png)\n\n"
+            "![reverse histograms](reverse_histograms.png)\n\n"
+            "![reverse GIF](reverse_process.gif)\n\n![forward process](forward_process.png)",
+        )
+    )
+    write_report(out / "report.md", "MNIST diffusion run", sections)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(MnistConfig, main, prog=PROG))

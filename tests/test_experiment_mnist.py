@@ -1,0 +1,127 @@
+"""Smoke test of `python -m experiments.mnist`: tiny settings, output contract, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import mnist
+from experiments._cli import parse_config
+from jaxdiff.outputs import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "--model", "tiny", "--train-steps", "6", "--batch-size", "8", "--train-limit", "64",
+    "--num-samples", "12", "--sample-every", "3", "--checkpoint-every", "3",
+    "--sample-steps", "4", "--num-timesteps", "40", "--schedule", "cosine",
+    "--steps-per-call", "3", "--no-evaluate", "--no-progress",
+]  # fmt: skip
+
+
+def _run(argv):
+    return mnist.main(parse_config(mnist.MnistConfig, argv))
+
+
+def test_mnist_smoke_output_contract_and_resume(mnist_data_dir, tmp_path):
+    out = tmp_path / "run"
+    common = [*TINY, "--out", str(out), "--data-dir", str(mnist_data_dir)]
+    metrics = _run(common)
+
+    for name in (
+        "config.json", "metrics.jsonl", "metrics.json", "samples.npy", "report.md",
+        "samples_vs_real.png", "reverse_process.png", "reverse_histograms.png",
+        "reverse_process.gif", "forward_process.png", "loss_curves.png",
+        "progress/samples_0000003.png", "progress/samples_0000006.png",
+    ):  # fmt: skip
+        assert (out / name).is_file(), name
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (12, 28, 28, 1) and samples.dtype == np.float32
+    assert samples.min() >= 0.0 and samples.max() <= 1.0
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 7))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["train_steps"] == 6 and saved["sample_steps"] == 4
+    assert metrics["parameters"] == saved["parameters"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "tiny" and config["preset"] in ("cpu", "gpu")
+    report = (out / "report.md").read_text()
+    assert "samples_vs_real.png" in report and "loss_curves.png" in report
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "3", "6",
+    ]  # fmt: skip
+
+    # An existing run is never overwritten by accident.
+    with pytest.raises(FileExistsError, match="--resume"):
+        _run(common)
+    with pytest.raises(ValueError, match="batch_size: 8 -> 16"):
+        _run([*common, "--resume", "--batch-size", "16"])
+
+    # --resume with more steps continues from step 6; the log continues, nothing is repeated.
+    _run([*common, "--resume", "--train-steps", "9"])
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 10))
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 9
+
+
+def test_mnist_class_conditional_smoke(mnist_data_dir, tmp_path):
+    out = tmp_path / "cond"
+    argv = [*TINY, "--out", str(out), "--data-dir", str(mnist_data_dir)]
+    _run([*argv, "--class-conditional", "--guidance-scale", "2", "--train-steps", "3"])
+    labels = np.load(out / "labels.npy")
+    assert labels.shape == (12,) and set(labels.tolist()) == set(range(10))
+    assert (out / "samples_by_class.png").is_file()
+
+
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.mnist", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--train-steps", "0"], "--train-steps must be >= 1, got 0"),
+        (["--image-size", "30"], "--image-size must be 28 or 32, got 30"),
+        (["--sampler", "euler"], "invalid choice: 'euler'"),
+        (["--resume", "--overwrite"], "exclude each other"),
+    ],
+)
+def test_mnist_bad_flags_exit_2_with_one_clear_line(args, message):
+    result = _cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "usage:" in result.stderr
+
+
+def test_mnist_missing_data_says_what_to_pass(tmp_path):
+    result = _cli("--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--data-dir" in result.stderr or "TFDS_DATA_DIR" in result.stderr
+    assert not (tmp_path / "o").exists()  # nothing was created before the input check
+
+
+def test_help_lists_every_option_with_its_default():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for field in mnist.MnistConfig.__dataclass_fields__:
+        flag = "--" + field.replace("_", "-")
+        assert flag in result.stdout, flag
+    assert "(default: 1000)" in result.stdout  # --num-samples
+
+
+def test_presets_resolve_per_backend():
+    cpu, _ = mnist.resolve(mnist.MnistConfig(), backend="cpu")
+    gpu, _ = mnist.resolve(mnist.MnistConfig(), backend="gpu")
+    assert cpu.preset == "cpu" and cpu.model == "compact" and cpu.num_samples >= 1000
+    assert gpu.preset == "gpu" and gpu.model == "full"
+    mine, _ = mnist.resolve(mnist.MnistConfig(train_steps=50), backend="cpu")
+    assert mine.train_steps == 50 and mine.warmup_steps == 5  # warm-up shrunk to fit the run
