@@ -462,7 +462,7 @@ def test_model_output_shape_is_checked(schedule):
 
 def test_raw_and_typed_keys_give_the_same_samples():
     """``jax.random.PRNGKey(0)`` (raw uint32 data) and ``jax.random.key(0)`` are one key."""
-    s = make_schedule("linear", num_steps=20)
+    s = make_schedule("cosine", num_steps=20)
 
     def apply(params, x, t, labels=None):
         return 0.1 * x
