@@ -24,6 +24,7 @@ from jaxdiff import data
 # Fixtures
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mnist_test(mnist_data_dir):
     return data.load_mnist("test", data_dir=mnist_data_dir)

@@ -98,8 +98,10 @@ def test_bits_per_dim_matches_hand_computation():
 
     abar = np.cumprod(1 - betas)
     post_var1 = betas[1] * (1 - abar[0]) / (1 - abar[1])
-    n0, n1 = (np.asarray(jax.random.normal(jax.random.fold_in(key, t), x0.shape, jnp.float64))
-              for t in (0, 1))
+    n0, n1 = (
+        np.asarray(jax.random.normal(jax.random.fold_in(key, t), x0.shape, jnp.float64))
+        for t in (0, 1)
+    )
     ln2 = math.log(2.0)
     # t = 1: KL between the posterior and the model, same variance beta-tilde_1
     x1 = np.sqrt(abar[1]) * x0 + np.sqrt(1 - abar[1]) * n1

@@ -187,7 +187,7 @@ def test_bad_inputs():
     s = make_schedule("linear", 100)
     x = jnp.zeros((2, 3))
     t = jnp.array([5, 6])
-    with pytest.raises(ValueError, match="eta must be >= 0.*got -0.5"):
+    with pytest.raises(ValueError, match=r"eta must be >= 0.*got -0\.5"):
         ddim_step(s, x, x, t, t - 1, x, eta=-0.5)
     with pytest.raises(ValueError, match=r"t_prev < t"):
         ddim_step(s, x, x, t, t, None)
