@@ -326,7 +326,7 @@ def main(config: MnistConfig) -> dict:
     ckpt = Checkpointer(
         out / "checkpoints",
         max_to_keep=config.keep_checkpoints,
-        save_every=config.checkpoint_every or None,
+        save_every=config.checkpoint_every or config.train_steps,  # 0: only at the end
     )
     with ckpt:
         restored = None
