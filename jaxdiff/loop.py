@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -196,10 +197,22 @@ def fit(
                     fn(step, state)
         save(force=True)
     except KeyboardInterrupt:
-        # The state after the last completed call is valid: keep it, then let the caller stop.
-        if checkpointer is not None and step > start:
-            save(force=True)
-            checkpointer.wait()
+        # Keep the newest valid state, then let the caller stop. The interrupt may land after a
+        # call returned but before ``step`` advanced, so the state's own step names the
+        # checkpoint; if it landed inside the call, ``state`` was donated and cannot be saved
+        # (the last periodic checkpoint then stands).
+        if checkpointer is not None:
+            try:
+                step = int(jax.device_get(state.step))
+                if step > start:
+                    save(force=True)
+                    checkpointer.wait()
+            except (RuntimeError, ValueError) as e:
+                warnings.warn(
+                    f"could not save the state on interrupt ({e}); resume uses the last "
+                    f"checkpoint (step {last_saved})",
+                    stacklevel=2,
+                )
         raise
     finally:
         bar.close()

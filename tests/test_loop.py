@@ -187,3 +187,23 @@ def test_fit_uses_no_host_batches_for_on_device_data(setup):
             num_steps=3,
             batch_size=BATCH,
         )
+
+
+def test_interrupt_saves_the_newest_state(setup, tmp_path):
+    """Ctrl-C between calls keeps the work: the state at the interrupt is checkpointed."""
+    trainer, params, x = setup
+
+    def interrupt(step, state):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with Checkpointer(tmp_path / "c", save_every=100, async_save=False) as ckpt:
+        with pytest.raises(KeyboardInterrupt):
+            fit(
+                trainer, trainer.init_state(params, 0), trainer.put_data({"x": x}),
+                num_steps=9, batch_size=BATCH, checkpointer=ckpt, hooks=[(2, interrupt)],
+                progress=False,
+            )  # fmt: skip
+        assert ckpt.all_steps() == [4]
+        restored, _ = ckpt.restore(trainer.init_state(params, 0))
+        assert int(restored.step) == 4
