@@ -48,7 +48,12 @@ def _converter(tp, name: str) -> tuple[Callable[[str], Any], dict]:
     def maybe_none(fn):
         if not optional:
             return fn
-        return lambda s: None if s.lower() in ("none", "") else fn(s)
+
+        def convert(s: str):
+            return None if s.lower() in ("none", "") else fn(s)
+
+        convert.__name__ = getattr(fn, "__name__", "value")  # argparse: "invalid float value"
+        return convert
 
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -111,7 +116,10 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str |
     The instance's ``__post_init__`` validates values; its ``ValueError`` becomes an argparse
     error (one line, the usage, exit code 2).
     """
-    parser = build_parser(cls, prog=prog)
+    return _parse(build_parser(cls, prog=prog), cls, argv)
+
+
+def _parse(parser: argparse.ArgumentParser, cls: type[C], argv: Sequence[str] | None) -> C:
     ns = parser.parse_args(argv)
     try:
         return cls(**vars(ns))
@@ -120,22 +128,32 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str |
         raise  # unreachable: parser.error exits
 
 
+_INPUT_ERRORS = (
+    ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
+    IsADirectoryError,
+)  # fmt: skip
+
+
 def run_main(
     cls: type[C], main: Callable[[C], Any], argv: Sequence[str] | None = None, *, prog: str
 ) -> int:
     """Parse the config and run ``main``; expected user errors exit 2 with one clear line.
 
-    ``ValueError``/``FileNotFoundError``/``FileExistsError``/``PermissionError`` raised by
-    ``main`` are input problems (missing data, a refused output directory, ...): they are printed
-    as ``prog: error: ...`` without a traceback (set ``JAXDIFF_DEBUG=1`` to see it). Anything
-    else is a bug and keeps its traceback.
+    ``ValueError`` and ``OSError`` raised by ``main`` are not bugs: missing data, a refused or
+    unwritable output directory (these also print the usage, like argparse's own errors), a full
+    disk at a checkpoint save (the earlier checkpoints stay intact). They print one
+    ``prog: error: ...`` line without a traceback (set ``JAXDIFF_DEBUG=1`` to see it) and exit
+    with code 2. Anything else is a bug and keeps its traceback.
     """
-    config = parse_config(cls, argv, prog=prog)
+    parser = build_parser(cls, prog=prog)
+    config = _parse(parser, cls, argv)
     try:
         main(config)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (ValueError, OSError) as e:
         if os.environ.get("JAXDIFF_DEBUG"):
             raise
+        if isinstance(e, _INPUT_ERRORS):  # a bad command line: show how to call it
+            parser.print_usage(sys.stderr)
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -121,6 +121,9 @@ MODELS = {
 }
 
 
+_DEFAULT_GUIDANCE = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class MnistConfig:
     """Configuration of ``python -m experiments.mnist`` (flags: ``--train-steps 2000`` ...).
@@ -148,7 +151,9 @@ class MnistConfig:
     prediction: Literal["eps", "x0", "v"] = field("eps", "what the network predicts")
     class_conditional: bool = field(False, "condition on the digit (label dropout for CFG)")
     label_dropout: float = field(0.1, "probability of the null label while training (CFG)")
-    guidance_scale: float = field(1.0, "classifier-free guidance weight w (conditional only)")
+    guidance_scale: float = field(
+        _DEFAULT_GUIDANCE, "classifier-free guidance weight w (needs --class-conditional)"
+    )
     sampler: Literal["dpm++", "ddim", "ddpm"] = field("dpm++", "sampler for the final samples")
     sample_steps: int | None = field(None, "sampler steps (default dpm++ 20, ddim 50, ddpm T)")
     num_samples: int = field(1000, "final samples saved to samples.npy and evaluated")
@@ -202,6 +207,12 @@ class MnistConfig:
             raise ValueError(
                 "--guidance-scale > 0 needs an unconditional model too: set --label-dropout > 0 "
                 "(e.g. 0.1) or --guidance-scale 0"
+            )
+        if self.guidance_scale != _DEFAULT_GUIDANCE and not self.class_conditional:
+            raise ValueError(
+                f"--guidance-scale {self.guidance_scale:g} needs --class-conditional (guidance "
+                "mixes conditional and unconditional predictions); add --class-conditional or "
+                "drop --guidance-scale"
             )
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other; pass one of them")

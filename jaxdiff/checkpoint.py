@@ -696,18 +696,14 @@ class Checkpointer:
             step = _as_step(step)
             if step not in on_disk:
                 raise FileNotFoundError(
-                    errno.ENOENT,
                     f"no committed checkpoint for step {step} in {self.directory}; committed "
-                    f"steps: {on_disk or 'none'}",
-                    str(self._step_path(step)),
+                    f"steps: {on_disk or 'none'}"
                 )
             return [step], True
         if not on_disk:
             raise FileNotFoundError(
-                errno.ENOENT,
                 f"no committed checkpoint in {self.directory} (check the path; start training "
-                f"from scratch if this is a new run)",
-                str(self.directory),
+                f"from scratch if this is a new run)"
             )
         return on_disk[::-1], False
 

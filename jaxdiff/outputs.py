@@ -68,8 +68,8 @@ def probe_writable(directory) -> None:
         probe.unlink()
     except OSError as e:
         raise PermissionError(
-            f"cannot write to output directory {directory}: {e.strerror or e}; "
-            "choose another --out or free space there"
+            f"cannot write to output directory {directory}: {e.strerror or e}; choose another "
+            "--out (a folder you can write to, with free space)"
         ) from e
 
 

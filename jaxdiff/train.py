@@ -571,7 +571,31 @@ class Trainer:
         return shard_batch(dict(batch), self.mesh, stacked=stacked)
 
     def put_data(self, data: Batch) -> Batch:
-        """Replicate a whole dataset ``{"x": (N, ...), "labels": (N,)}`` on every device."""
+        """Replicate a whole dataset ``{"x": (N, ...), "labels": (N,)}`` on every device.
+
+        Raises:
+          ValueError: ``x`` holds NaN or inf (a dataset with one bad value would turn every
+            later step's loss into NaN), or ``labels`` is not a 1-D integer array of length N.
+        """
+        if not isinstance(data, Mapping) or "x" not in data:
+            raise TypeError("data must be a dict with 'x' and optionally 'labels'.")
+        x = data["x"]
+        if not isinstance(x, jax.Array) and np.issubdtype(np.asarray(x).dtype, np.floating):
+            bad = ~np.isfinite(np.asarray(x))
+            if bad.any():
+                first = int(np.argwhere(bad)[0][0])
+                raise ValueError(
+                    f"training data x contains {int(bad.sum())} non-finite value(s) (NaN or inf), "
+                    f"the first in example {first}; clean or drop those examples before training."
+                )
+        if data.get("labels") is not None and not isinstance(data["labels"], jax.Array):
+            labels = np.asarray(data["labels"])
+            n = int(np.shape(x)[0])
+            if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(
+                    f"labels must be an integer array of shape ({n},) (one per example); got "
+                    f"dtype {labels.dtype} and shape {labels.shape}."
+                )
         return replicate(dict(data), self.mesh)
 
     def _prepare(self, batch: Batch, *, stacked: bool) -> Batch:

@@ -126,4 +126,26 @@ def test_run_main_turns_input_errors_into_exit_2(capsys):
         raise FileNotFoundError("no MNIST at /nowhere; pass --data-dir")
 
     assert run_main(Cfg, main, [], prog="toy") == 2
-    assert capsys.readouterr().err.strip() == "toy: error: no MNIST at /nowhere; pass --data-dir"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("usage: toy")
+    assert lines[-1] == "toy: error: no MNIST at /nowhere; pass --data-dir"
+    assert sum("error" in line for line in lines) == 1
+
+
+def test_run_main_reports_a_failed_save_in_one_line_without_usage(capsys):
+    from jaxdiff.checkpoint import CheckpointSaveError
+
+    def main(cfg):
+        raise CheckpointSaveError("saving checkpoint step 5 in /out failed: No space left")
+
+    assert run_main(Cfg, main, [], prog="toy") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "toy: error: saving checkpoint step 5 in /out failed: No space left"
+
+
+def test_run_main_keeps_the_traceback_of_bugs():
+    def main(cfg):
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_main(Cfg, main, [], prog="toy")
