@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxdiff.data import take_batch
+from jaxdiff.data import permutation_cache, take_batch_cached
 from jaxdiff.losses import denoising_loss
 from jaxdiff.parameterization import PREDICTIONS
 from jaxdiff.schedules import Schedule
@@ -488,15 +488,23 @@ def make_data_multi_step(
         raise ValueError(f"batch_size must be a Python int; got {batch_size!r}.")
 
     def data_multi_step(state, data):
+        data = dict(data)
         _, data_key = _stream_keys(state.key)
+        n = int(jax.tree_util.tree_leaves(data)[0].shape[0])
+        # The epoch's permutation is sorted once per call and again only when a step crosses
+        # into a new epoch: the same batches as take_batch, without a sort per step.
+        cache = permutation_cache(data_key, state.step, n, int(batch_size))
 
-        def body(state, _):
-            batch = take_batch(dict(data), data_key, state.step, int(batch_size))
+        def body(carry, _):
+            state, cache = carry
+            batch, cache = take_batch_cached(data, data_key, state.step, int(batch_size), cache)
             if sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, sharding)
-            return train_step(state, batch)
+            state, metrics = train_step(state, batch)
+            return (state, cache), metrics
 
-        return jax.lax.scan(body, state, None, length=k, unroll=unroll)
+        (state, _), metrics = jax.lax.scan(body, (state, cache), None, length=k, unroll=unroll)
+        return state, metrics
 
     return data_multi_step
 

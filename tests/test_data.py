@@ -480,3 +480,29 @@ def test_check_images():
         data.check_images(good + 3.0)
     data.check_images(good + 3.0, value_range=None)
     data.check_images(np.full((1, 2, 2, 3), 255, np.uint8), value_range=(0, 255))
+
+
+def test_take_batch_cached_equals_take_batch_across_epochs():
+    images = jnp.arange(N * 4, dtype=jnp.float32).reshape(N, 2, 2, 1)
+    labels = jnp.arange(N, dtype=jnp.int32)
+    key = jax.random.key(3)
+    start = 7  # a scan that starts mid-epoch and crosses two epoch boundaries (10 steps/epoch)
+
+    def body(cache, step):
+        batch, cache = data.take_batch_cached((images, labels), key, step, BATCH, cache)
+        return cache, (batch, cache.epoch)
+
+    @jax.jit
+    def run(steps):
+        cache = data.permutation_cache(key, steps[0], N, BATCH)
+        return jax.lax.scan(body, cache, steps)
+
+    cache, ((xb, yb), epochs) = run(jnp.arange(start, start + 25))
+    for i, step in enumerate(range(start, start + 25)):
+        x_ref, y_ref = data.take_batch((images, labels), key, step, BATCH)
+        np.testing.assert_array_equal(yb[i], y_ref)
+        np.testing.assert_array_equal(xb[i], x_ref)
+    np.testing.assert_array_equal(epochs, np.arange(start, start + 25) // 10)
+    assert int(cache.epoch) == (start + 24) // 10
+    with pytest.raises(ValueError, match="leading"):
+        data.take_batch_cached((images, labels[:5]), key, 0, BATCH, cache)

@@ -113,7 +113,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_pat
             checkpointer=ckpt,
             progress=False,
         )
-        bad = trainer.put_data({"x": np.full_like(x, np.nan)})
+        # put_data refuses NaN host data; a poisoned array already on the device gets through
+        bad = trainer.put_data({"x": jnp.full(x.shape, jnp.nan, x.dtype)})
         with pytest.raises(NonFiniteLossError, match=r"not finite at step 4.*step 3") as err:
             fit(
                 trainer,
