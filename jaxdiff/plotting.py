@@ -20,6 +20,7 @@ __all__ = [
     "image_grid",
     "plot_forward_process",
     "plot_histogram_evolution",
+    "plot_inpainting",
     "plot_loss_curves",
     "plot_point_process",
     "plot_reverse_process",
@@ -94,6 +95,51 @@ def plot_samples_vs_real(path, samples, real, *, n: int = 64, title: str = "") -
         ax.set_title(name)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+#: RGB colour of the unknown (to be generated) pixels in :func:`plot_inpainting`'s masked inputs.
+MASK_COLOR = (0.85, 0.35, 0.1)
+
+
+def plot_inpainting(
+    path, originals, masks, results, *, names: Sequence[str] | None = None, title: str = ""
+) -> Path:
+    """Inpainting grid: per mask, three rows (masked input, inpainted result, original).
+
+    Args:
+      originals, results: ``(G, N, H, W, C)`` images in [0, 1]: G masks of N images each.
+      masks: ``(G, N, H, W, C)`` (or ``C = 1``) booleans, True = known pixel. The masked-input
+        row draws the unknown pixels in :data:`MASK_COLOR`.
+      names: G labels of the masks (row titles).
+    """
+    orig, res = np.asarray(originals, np.float32), np.asarray(results, np.float32)
+    known = np.asarray(masks).astype(bool)
+    if orig.ndim != 5 or res.shape != orig.shape or known.shape[:-1] != orig.shape[:-1]:
+        raise ValueError(
+            "originals, results and masks must be (G, N, H, W, C) arrays of one shape, got "
+            f"{orig.shape}, {res.shape} and {known.shape}"
+        )
+    g, n = orig.shape[:2]
+    names = [f"mask {i}" for i in range(g)] if names is None else list(names)
+    if len(names) != g:
+        raise ValueError(f"names must give one label per mask ({g}), got {len(names)}")
+
+    def rgb(x):
+        x = _as_images(x)
+        return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+    fig = Figure(figsize=(0.6 * n + 0.8, 1.9 * g + 0.3), dpi=120, layout="constrained")
+    for i, sub in enumerate(fig.subfigures(g, 1, squeeze=False)[:, 0]):
+        masked = np.where(known[i].any(-1, keepdims=True), rgb(orig[i]), np.float32(MASK_COLOR))
+        rows = ((masked, "masked"), (rgb(res[i]), "inpainted"), (rgb(orig[i]), "original"))
+        for r, (imgs, label) in enumerate(rows):
+            ax = sub.add_subplot(3, 1, r + 1)
+            _imshow(ax, image_grid(imgs, n))
+            ax.set_ylabel(label, fontsize=7)
+        sub.suptitle(names[i], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 
