@@ -123,5 +123,12 @@ def test_presets_resolve_per_backend():
     gpu, _ = mnist.resolve(mnist.MnistConfig(), backend="gpu")
     assert cpu.preset == "cpu" and cpu.model == "compact" and cpu.num_samples >= 1000
     assert gpu.preset == "gpu" and gpu.model == "full"
+    assert (cpu.sampler, cpu.sample_steps) == ("ddpm", 25)
+    assert (gpu.sampler, gpu.sample_steps) == ("dpm++", 20)
+    # A sampler named on the command line keeps its own default steps, or the ones given.
+    ddim, _ = mnist.resolve(mnist.MnistConfig(sampler="ddim"), backend="cpu")
+    assert (ddim.sampler, ddim.sample_steps) == ("ddim", None)
+    steps, _ = mnist.resolve(mnist.MnistConfig(sample_steps=40), backend="cpu")
+    assert (steps.sampler, steps.sample_steps) == ("ddpm", 40)
     mine, _ = mnist.resolve(mnist.MnistConfig(train_steps=50), backend="cpu")
     assert mine.train_steps == 50 and mine.warmup_steps == 5  # warm-up shrunk to fit the run
