@@ -410,7 +410,8 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys):
     np.save(bad, np.zeros((10, 5), np.float32))
     assert evaluate_cli.cli(["--samples", str(bad), "--kind", "mnist"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "(N, 28, 28, 1)" in err
+    assert err.count("error:") == 1 and "(N, 28, 28, 1)" in err.splitlines()[-1]
+    assert "usage:" in err and "Traceback" not in err
 
 
 def test_cli_points_writes_json(tmp_path, capsys):
