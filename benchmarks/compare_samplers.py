@@ -1,0 +1,83 @@
+"""Sample quality of each sampler on one finished ``experiments.mnist`` run (same checkpoint).
+
+Restores the newest checkpoint of RUN (its config.json rebuilds the model), draws N samples per
+variant with the same key and prints the Frechet distance and classifier score of
+:func:`jaxdiff.metrics.evaluate_samples` (the cached MNIST classifier; its first use trains it).
+A variant is ``SAMPLER:STEPS:WEIGHTS`` with WEIGHTS ``ema`` or ``raw``.
+
+Run (from the repository root; the README's comparison, ~20 min on a 2-core CPU)::
+
+    python benchmarks/compare_samplers.py runs/mnist --num-samples 256 \\
+        dpm++:20:ema dpm++:20:raw ddim:50:ema ddpm:100:ema ddpm:50:ema ddpm:25:ema
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+
+from experiments import mnist
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.metrics import evaluate_samples
+from jaxdiff.samplers import sample
+from jaxdiff.train import eval_params, init_train_state, make_optimizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="an experiments.mnist --out directory")
+    parser.add_argument("variants", nargs="+", help="SAMPLER:STEPS:ema|raw, e.g. ddpm:25:ema")
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--cache-dir", default=None, help="evaluation cache (default ~/.cache)")
+    args = parser.parse_args()
+    if args.num_samples < 129:  # a covariance in the 128-d classifier feature space
+        parser.error(f"--num-samples must be >= 129 (Frechet distance), got {args.num_samples}")
+    variants = []
+    for v in args.variants:
+        parts = v.split(":")
+        if len(parts) != 3 or parts[2] not in ("ema", "raw") or not parts[1].isdigit():
+            parser.error(f"variant {v!r} is not SAMPLER:STEPS:ema|raw (e.g. ddpm:25:ema)")
+        variants.append((parts[0], int(parts[1]), parts[2]))
+
+    config = mnist.load_config(args.run)
+    apply, params, schedule, train_config = mnist.build(config, abstract=True)
+    num_classes = 10 if config.class_conditional else None
+    # The whole train state (raw and EMA weights), restored into an abstract target.
+    tx = make_optimizer(train_config)
+    target = jax.eval_shape(lambda p: init_train_state(p, tx, 0), params)
+    with Checkpointer(Path(args.run) / "checkpoints", read_only=True) as ckpt:
+        state, _ = ckpt.restore(target)
+    print(f"{args.run}: step {int(state.step)}, {args.num_samples} samples per variant")
+    shape = (args.num_samples, config.image_size, config.image_size, 1)
+    labels = np.arange(args.num_samples) % 10 if num_classes else None
+    for sampler, steps, weights in variants:
+        t0 = time.perf_counter()
+        result = sample(
+            apply, eval_params(state, ema=weights == "ema"), schedule, shape,
+            jax.random.key(args.seed), sampler=sampler, steps=steps, labels=labels,
+            num_classes=num_classes, prediction=config.prediction, clip_x0=1.0,
+            chunk_size=mnist.SAMPLE_CHUNK,
+        )  # fmt: skip
+        images = mnist.to_images(result.samples)
+        seconds = time.perf_counter() - t0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "only N samples": compare, not report
+            m = evaluate_samples(images, "mnist", cache_dir=args.cache_dir)["metrics"]
+        print(
+            f"{sampler}:{steps}:{weights}  {seconds:6.0f} s  FID {m['fid']['samples']:6.1f} "
+            f"(floor {m['fid']['real']:.1f})  classifier score "
+            f"{m['classifier_score']['samples']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
