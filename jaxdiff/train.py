@@ -581,7 +581,10 @@ class Trainer:
     def put_data(self, data: Batch) -> Batch:
         """Replicate a whole dataset ``{"x": (N, ...), "labels": (N,)}`` on every device.
 
+        Host (NumPy) arrays are checked; arrays already on the device pass as they are.
+
         Raises:
+          TypeError: ``data`` is not a dict with an ``"x"`` entry.
           ValueError: ``x`` holds NaN or inf (a dataset with one bad value would turn every
             later step's loss into NaN), or ``labels`` is not a 1-D integer array of length N.
         """
