@@ -36,6 +36,9 @@ experiments' defaults):
   Adam 1e-3 with 100 warm-up steps, clip 1, EMA 0.995) on 60,000 random 28x28x1 images (the
   step costs the same on any values; both sides hold the set in memory on the device), plus
   DDPM sampling with ``--sample-batch`` images.
+- ``mnist_full`` (not in ``--recipe all``): preset "gpu" (unet_mnist, 6.47M parameters,
+  dropout 0.1, batch 128, Adam 2e-4 with 1000 warm-up steps, EMA 0.9999), same data and
+  sampling; for GPUs (a CPU step takes seconds).
 
 Full measurements (from the repository root, ``pip install -e ".[bench]"``, on an otherwise
 idle machine; on the project's 2-core CPU moons and digits take roughly 20-30 minutes each and
@@ -47,6 +50,20 @@ mnist, with its two 1000-step sampling calls per run, well over an hour)::
     python benchmarks/bench_vs_torch.py --recipe mnist --steps 100 --repeats 3 \\
         --sample-steps 1000 --sample-batch 64 --json runs/vs_torch_mnist.json
     python benchmarks/bench_vs_torch.py --recipe all --repeats 3 --torch-compile   # compiled
+
+On a GPU (issue #4's pair: the GPU preset's ``unet_mnist``, batch 128, float32 -- TF32
+convolutions on both sides by default -- and bfloat16 mixed precision; the peak is the device's
+dense TFLOP/s for that precision, here an H100 SXM: 494.7 TF32, 989.4 bf16)::
+
+    python benchmarks/bench_vs_torch.py --recipe mnist_full --device cuda --steps 100 \
+        --repeats 3 --sample-steps 250 --peak-tflops 494.7 --json runs/gpu_mnist_fp32.json
+    python benchmarks/bench_vs_torch.py --recipe mnist_full --device cuda --steps 100 \
+        --repeats 3 --sample-steps 250 --dtype bfloat16 --peak-tflops 989.4
+
+``--dtype bfloat16`` runs PyTorch's forward under ``torch.autocast`` and builds jaxdiff's U-Net
+with ``dtype=jnp.bfloat16`` (float32 parameters, optimiser and loss on both sides).
+``--peak-tflops`` adds the achieved model TFLOP/s (XLA's FLOP count of one forward + backward,
+the same model on both sides) and the model FLOPs utilisation.
 
 Quick smoke runs (minutes)::
 
@@ -77,8 +94,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE_NAMES = ("moons", "digits", "mnist")
-DEFAULT_STEPS = {"moons": 1000, "digits": 20, "mnist": 40}  # moons: epochs; others x20
+RECIPE_NAMES = ("moons", "digits", "mnist", "mnist_full")
+ALL_RECIPES = ("moons", "digits", "mnist")  # --recipe all: the three tutorial recipes
+DEFAULT_STEPS = {"moons": 1000, "digits": 20, "mnist": 40, "mnist_full": 40}  # x20, not moons
+IMAGE_RECIPES = ("digits", "mnist", "mnist_full")  # U-Nets: --dtype and FLOPs apply
 MNIST_TRAIN_IMAGES = 60_000
 RESULT_PREFIX = "RESULT "
 
@@ -110,14 +129,23 @@ def torch_worker(args) -> dict:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     recipe = tr.RECIPES[args.recipe]
+    autocast = torch.bfloat16 if args.dtype == "bfloat16" else None
     result = {
         "framework": "torch",
         "label": "torch.compile" if args.torch_compile else "torch eager",
         "version": torch.__version__,
         "device": device,
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "loadavg_start": os.getloadavg()[0],
     }
+
+    if device == "cuda":  # TF32 is what "float32" means for convolutions on Ampere and later
+        result["gpu"] = torch.cuda.get_device_name()
+        result["tf32"] = {
+            "cudnn": torch.backends.cudnn.allow_tf32,
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
 
     def sync():
         if device == "cuda":
@@ -135,7 +163,9 @@ def torch_worker(args) -> dict:
         times = []
         for _ in range(2):  # first call, timed call
             t0 = time.perf_counter()
-            x = tr.ddpm_sample(model, betas, shape, steps=args.sample_steps, device=device)
+            x = tr.ddpm_sample(
+                model, betas, shape, steps=args.sample_steps, device=device, autocast=autocast
+            )
             sync()
             times.append(time.perf_counter() - t0)
         result.update(first_s=times[0], first_steps=args.sample_steps, timed_s=times[1])
@@ -147,11 +177,12 @@ def torch_worker(args) -> dict:
             data = tr.moons_points(10_000, seed=args.seed)
         elif args.recipe == "digits":
             data = tr.digits_images()
-        else:
+        else:  # mnist, mnist_full
             data = tr.random_images(MNIST_TRAIN_IMAGES, seed=args.seed)
         trainer = tr.TorchTrainer(
-            recipe, data, device, compile=args.torch_compile, batch_size=args.batch, seed=args.seed
-        )
+            recipe, data, device, compile=args.torch_compile, batch_size=args.batch,
+            seed=args.seed, autocast=autocast,
+        )  # fmt: skip
         batch = trainer.batch_size
         result["params"] = tr.count_params(trainer.model)
         result["batch"] = batch
@@ -182,9 +213,30 @@ def torch_worker(args) -> dict:
             result.update(timed_s=time.perf_counter() - t0, timed_steps=args.steps)
         result["loss"] = float(loss)
         _steady(result, batch)
-        if device == "cuda":
-            result["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if device == "cuda":
+        result["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return _finish(result)
+
+
+def model_flops(apply, params, shape, train: bool) -> float:
+    """XLA's FLOP count of one model call on a batch of ``shape`` (``train``: forward and
+    backward of a mean-squared loss, i.e. one training step's model work without the optimiser).
+
+    The same number serves both frameworks: the models are the same layer for layer.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    t = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+    if train:
+        fn = jax.grad(lambda p, x, t: jnp.mean(apply(p, x, t) ** 2))
+    else:
+        fn = apply
+    analysis = jax.jit(fn).lower(params, x, t).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
+        analysis = analysis[0]
+    return float(analysis["flops"])
 
 
 def jax_worker(args) -> dict:
@@ -199,14 +251,17 @@ def jax_worker(args) -> dict:
     from jaxdiff.models import count_params, split_model
     from jaxdiff.train import TrainConfig, Trainer
 
+    dtype = jax.numpy.bfloat16 if args.dtype == "bfloat16" else None  # None: float32
     result = {
         "framework": "jax",
         "label": "jaxdiff",
         "version": jax.__version__,
         "device": f"{jax.default_backend()} x{jax.device_count()}",
+        "dtype": args.dtype,
         "threads": os.cpu_count(),
         "loadavg_start": os.getloadavg()[0],
         "compilation_cache": jax.config.jax_compilation_cache_dir,
+        "matmul_precision": jax.config.jax_default_matmul_precision,
     }
     t0 = time.perf_counter()
 
@@ -283,9 +338,11 @@ def jax_worker(args) -> dict:
         images, _ = jdata.load_digits(scale="unit")
         # As experiments.digits.main builds it (rbg init key: compile time of the init only).
         model = digits.MODELS[config.model](
-            1, 8, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg"))
+            1, 8, dtype=dtype, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg"))
         )
         _, params, apply = split_model(model)
+        if args.flops:
+            result["model_flops"] = model_flops(apply, params, (args.batch or 32, 8, 8, 1), True)
         trainer = Trainer(
             apply,
             make_schedule(config.schedule, config.num_timesteps),
@@ -305,19 +362,26 @@ def jax_worker(args) -> dict:
         result["setup_s"] = time.perf_counter() - t0
         timed_fit(trainer, state, data, args.steps, batch)
         _steady(result, batch)
-    elif args.recipe == "mnist":
+    elif args.recipe in ("mnist", "mnist_full"):
         from experiments import mnist
         from jaxdiff.schedules import make_schedule
 
-        config, _ = mnist.resolve(mnist.MnistConfig(preset="cpu"))
+        preset = "cpu" if args.recipe == "mnist" else "gpu"
+        config, _ = mnist.resolve(mnist.MnistConfig(preset=preset))
         # The experiment initialises with nnx.Rngs(seed); an rbg key only shortens the
         # (untimed) initialisation's compile on CPU, the step is the same.
         model = mnist.MODELS[config.model](
-            1, config.image_size, None, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg"))
-        )
+            1, config.image_size, None, dtype=dtype,
+            rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")),
+        )  # fmt: skip
         _, params, apply = split_model(model)
         schedule = make_schedule(config.schedule, config.num_timesteps)
         result["params"] = count_params(params)
+        if args.flops:
+            train = args.phase == "train"
+            batch = (args.batch or config.batch_size) if train else args.sample_batch
+            size = config.image_size
+            result["model_flops"] = model_flops(apply, params, (batch, size, size, 1), train)
         if args.phase == "sample":
             from jaxdiff.samplers import sample
 
@@ -375,8 +439,10 @@ def run_worker(framework: str, recipe: str, phase: str, args) -> dict:
         sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--recipe", recipe,
         "--phase", phase, "--steps", str(args.steps_for[recipe]), "--seed", str(args.seed),
         "--sample-batch", str(args.sample_batch), "--sample-steps", str(args.sample_steps),
-        "--device", args.device,
+        "--device", args.device, "--dtype", args.dtype,
     ]  # fmt: skip
+    if args.peak_tflops and recipe in IMAGE_RECIPES and framework == "jax":
+        cmd.append("--flops")
     if args.batch and recipe != "moons":
         cmd += ["--batch", str(args.batch)]
     if args.torch_compile:
@@ -418,7 +484,7 @@ def summarize(results: list[dict], args) -> str:
         counts = {fw: {r["params"] for r in rs} for fw, rs in by_fw.items()}
         flat = set().union(*counts.values())
         lines.append("")
-        head = f"### {recipe} / {phase}"
+        head = f"### {recipe} / {phase}, {args.dtype}"
         if phase == "sample":
             head += f" (DDPM, batch {args.sample_batch}, {args.sample_steps} steps timed)"
         elif recipe == "moons":
@@ -436,7 +502,10 @@ def summarize(results: list[dict], args) -> str:
             cols.append("total (s)")
         if phase == "sample":
             cols[4] = "img/s, 1000-step DDPM"
-        cols += ["maxrss (MiB)", "load avg"]
+        flops = [r["model_flops"] for rs in by_fw.values() for r in rs if "model_flops" in r]
+        if flops:  # the same model on both sides: jaxdiff's XLA count serves both
+            cols += ["model TFLOP/s", f"MFU (peak {args.peak_tflops:g} TFLOP/s)"]
+        cols += ["maxrss (MiB)", "device peak (MiB)", "load avg"]
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "---|" * len(cols))
         for rs in by_fw.values():
@@ -454,8 +523,16 @@ def summarize(results: list[dict], args) -> str:
             ]
             if recipe == "moons":
                 row.append(_fmt_range([r["total_s"] for r in rs]))
+            if flops:
+                achieved = [flops[0] / r["per_step_s"] / 1e12 for r in rs]
+                row += [
+                    _fmt_range(achieved, digits=1),
+                    _fmt_range([a / args.peak_tflops for a in achieved], scale=100, digits=1)
+                    + " %",
+                ]
             row += [
                 _fmt_range([r["maxrss_mib"] for r in rs], digits=0),
+                _fmt_range([r.get("device_peak_mib", float("nan")) for r in rs], digits=0),
                 _fmt_range([r["loadavg_start"] for r in rs], digits=1),
             ]
             lines.append("| " + " | ".join(row) + " |")
@@ -469,6 +546,11 @@ def summarize(results: list[dict], args) -> str:
             lines.append(text + " (> 1: jaxdiff faster)")
         notes = {r["note"] for rs in by_fw.values() for r in rs if "note" in r}
         lines += [f"note: {n}" for n in sorted(notes)]
+        if flops:
+            lines.append(
+                f"model FLOPs per {'step (forward + backward)' if phase == 'train' else 'call'}: "
+                f"{flops[0] / 1e9:.1f} GFLOP (XLA cost analysis)"
+            )
         if len(flat) != 1:
             lines.append(f"PARAMETER COUNTS DIFFER: {counts}")
     return "\n".join(lines)
@@ -476,7 +558,12 @@ def summarize(results: list[dict], args) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", choices=(*RECIPE_NAMES, "all"), default="all")
+    parser.add_argument(
+        "--recipe",
+        choices=(*RECIPE_NAMES, "all"),
+        default="all",
+        help="all: moons, digits, mnist (the CPU recipes); mnist_full: the GPU preset's U-Net",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per framework")
     parser.add_argument(
         "--steps",
@@ -498,6 +585,19 @@ def main(argv=None):
         help="torch.set_num_threads (default: PyTorch's, one per core; see the docstring)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="U-Net computation dtype: bfloat16 = torch.autocast / jaxdiff UNet(dtype=bf16)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s for this dtype: adds model TFLOP/s and MFU columns",
+    )
+    parser.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write every run's record here")
     parser.add_argument("--worker", choices=("torch", "jax"), help=argparse.SUPPRESS)
@@ -515,7 +615,11 @@ def main(argv=None):
         parser.error("--repeats and --steps must be >= 1, --sample-steps >= 0")
     if args.sample_steps > 1000:
         parser.error("--sample-steps must be <= 1000 (the schedule's T)")
-    recipes = RECIPE_NAMES if args.recipe == "all" else (args.recipe,)
+    recipes = ALL_RECIPES if args.recipe == "all" else (args.recipe,)
+    if args.dtype != "float32" and "moons" in recipes:
+        parser.error("--dtype bfloat16 applies to the U-Net recipes (digits, mnist, mnist_full)")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        parser.error(f"--peak-tflops must be > 0, got {args.peak_tflops}")
     args.steps_for = {r: args.steps or DEFAULT_STEPS[r] for r in recipes}
     print(
         f"bench_vs_torch: recipes {recipes}, repeats {args.repeats}, steps {args.steps_for}, "
@@ -525,7 +629,8 @@ def main(argv=None):
     )
     results = []
     for recipe in recipes:
-        phases = ["train"] + (["sample"] if recipe == "mnist" and args.sample_steps else [])
+        sampled = recipe in ("mnist", "mnist_full") and args.sample_steps
+        phases = ["train"] + (["sample"] if sampled else [])
         for phase in phases:
             for rep in range(args.repeats):
                 for fw in ("torch", "jax"):  # alternate

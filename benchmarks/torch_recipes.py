@@ -417,6 +417,22 @@ def unet_compact(channels: int = 1, image_size: int = 28, num_classes: int | Non
     )
 
 
+def unet_mnist(channels: int = 1, image_size: int = 28, num_classes: int | None = None):
+    """Mirror of ``jaxdiff.models.unet_mnist`` (the GPU preset's "full" U-Net, dropout 0.1)."""
+    side = min(_level_sizes((image_size, image_size), 3, True)[-1])
+    return UNet(
+        channels,
+        image_size,
+        base_channels=64,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(side,),
+        dropout=0.1,
+        num_classes=num_classes,
+        norm_groups=32,
+    )
+
+
 def improved_denoiser_8x8(channels: int = 1, image_size: int = 8, num_classes: int | None = None):
     """Mirror of ``jaxdiff.models.improved_denoiser_8x8`` (64/128/256 channels at 8x8)."""
     return UNet(
@@ -501,7 +517,7 @@ class Recipe:
     """One tutorial recipe; the values mirror the jaxdiff experiment's defaults."""
 
     name: str
-    model: str  # "conditional_mlp", "improved_denoiser_8x8" or "unet_compact"
+    model: str  # "conditional_mlp", "improved_denoiser_8x8", "unet_compact" or "unet_mnist"
     schedule: str
     num_steps: int
     beta_start: float
@@ -572,6 +588,24 @@ RECIPES: dict[str, Recipe] = {
         antithetic=False,
         example_shape=(28, 28, 1),
     ),
+    # experiments.mnist, preset "gpu" (the issue's "default MNIST U-Net at batch 128")
+    "mnist_full": Recipe(
+        name="mnist_full",
+        model="unet_mnist",
+        schedule="linear",
+        num_steps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        optimizer="adam",
+        learning_rate=2e-4,
+        weight_decay=0.0,
+        warmup_steps=1000,
+        grad_clip=1.0,
+        ema_decay=0.9999,
+        batch_size=128,
+        antithetic=False,
+        example_shape=(28, 28, 1),
+    ),
 }
 
 
@@ -582,6 +616,8 @@ def build_model(recipe: Recipe) -> nn.Module:
         return improved_denoiser_8x8(recipe.example_shape[-1], recipe.example_shape[0])
     if recipe.model == "unet_compact":
         return unet_compact(recipe.example_shape[-1], recipe.example_shape[0])
+    if recipe.model == "unet_mnist":
+        return unet_mnist(recipe.example_shape[-1], recipe.example_shape[0])
     raise ValueError(f"unknown model {recipe.model!r}")
 
 
@@ -608,6 +644,11 @@ class EMA:
             p.copy_(self.shadow[name])
 
 
+def _autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a no-op for ``None``."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
 class TorchTrainer:
     """The recipe's training loop in eager PyTorch.
 
@@ -619,6 +660,9 @@ class TorchTrainer:
       compile: wrap the model in ``torch.compile`` (the optimiser and EMA stay eager).
       batch_size: override the recipe's batch.
       seed: ``torch.manual_seed`` for the initialisation and the training noise.
+      autocast: ``torch.bfloat16`` runs the model's forward (and so its backward) under
+        ``torch.autocast`` (mixed precision: float32 parameters, optimiser and loss); ``None``
+        computes in float32.
     """
 
     def __init__(
@@ -630,9 +674,11 @@ class TorchTrainer:
         compile: bool = False,
         batch_size: int | None = None,
         seed: int = 0,
+        autocast: torch.dtype | None = None,
     ):
         torch.manual_seed(seed)
         self.recipe = recipe
+        self.autocast = autocast
         self.device = torch.device(device)
         self.batch_size = batch_size or recipe.batch_size
         self.model = build_model(recipe).to(self.device)
@@ -672,7 +718,9 @@ class TorchTrainer:
             _gather(s.sqrt_alphas_cumprod, t, x0.ndim) * x0
             + _gather(s.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
         )
-        return F.mse_loss(self.forward(x_t, t), noise)
+        with _autocast(self.device, self.autocast):
+            pred = self.forward(x_t, t)
+        return F.mse_loss(pred.float(), noise)
 
     def step(self, x0: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns the (detached) loss without synchronising."""
@@ -745,12 +793,14 @@ def ddpm_sample(
     clip_x0: float | None = 1.0,
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """DDPM ancestral sampling, one model call per step in a Python loop.
 
     ``steps=None`` (or T) is the full ``T-1 .. 0`` loop; fewer steps run DDPM on the respaced
     "trailing" grid, as ``jaxdiff.samplers.sample(sampler="ddpm", steps=...)`` does (same cost
-    per step). ``shape`` is NCHW.
+    per step). ``shape`` is NCHW. ``autocast=torch.bfloat16`` runs the model calls under
+    ``torch.autocast`` (the update stays float32).
     """
     T = len(betas)
     ts = trailing_timesteps(T, T if steps is None else steps)
@@ -760,7 +810,9 @@ def ddpm_sample(
     n = len(ts)
     for i, t in enumerate(ts):
         tb = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        eps = model(x, tb)
+        with _autocast(device, autocast):
+            eps = model(x, tb)
+        eps = eps.float()
         noise = torch.randn(*shape, device=device, generator=generator)
         x = ddpm_step(s, eps, x, n - 1 - i, noise, clip_x0)
     return x

@@ -87,7 +87,7 @@ PRESETS = {
 }
 
 
-def unet_tiny(channels, image_size, num_classes, *, rngs):
+def unet_tiny(channels, image_size, num_classes, *, dtype=None, rngs):
     """A few-thousand-parameter U-Net (two levels, base 8, no attention) for smoke tests."""
     return UNet(
         channels,
@@ -99,11 +99,12 @@ def unet_tiny(channels, image_size, num_classes, *, rngs):
         mid_attention=False,
         num_classes=num_classes,
         norm_groups=4,
+        dtype=dtype,
         rngs=rngs,
     )
 
 
-def unet_compact(channels, image_size, num_classes, *, rngs):
+def unet_compact(channels, image_size, num_classes, *, dtype=None, rngs):
     """The CPU preset's U-Net: ``unet_mnist_small`` at base 16 (0.28M parameters).
 
     On XLA:CPU the base-32 ``unet_mnist_small`` trains at ~6 s per batch-64 step on 2 cores
@@ -119,6 +120,7 @@ def unet_compact(channels, image_size, num_classes, *, rngs):
         attention_resolutions=(side,),
         num_classes=num_classes,
         norm_groups=8,
+        dtype=dtype,
         rngs=rngs,
     )
 

@@ -298,6 +298,40 @@ def test_unet_jit_matches_eager_and_null_label(unet, unet_perturbed):
     assert max_diff(cond, eager) > 1e-3  # class 0 differs from the null label
 
 
+def test_unet_bfloat16_compute_keeps_float32_params_and_tracks_float32(unet, unet_perturbed):
+    """``dtype=bfloat16``: same parameters (float32), bf16 convolutions, float32 output.
+
+    The bf16 forward pass of the tiny U-Net must agree with the float32 one to bf16
+    accuracy: each layer rounds its inputs to 8 significant bits (relative error up to
+    2^-9 ~ 2e-3 per rounding); through ~20 layers the errors add up (measured: RMS error
+    1.5e-2 of the output's RMS), so the bound is 4e-2. The error must also exceed 1e-4,
+    float32's level, or the model did not compute in bf16. Gradients flow to the float32
+    parameters and point the same way as in float32 (cosine > 0.99).
+    """
+    model16 = UNet(**TINY_UNET, dtype=jnp.bfloat16, rngs=rngs(0))
+    _, params16, apply16 = split_model(model16)
+    assert leaves_equal(params16, unet[2])  # same init, float32 storage
+    assert {p.dtype for p in jax.tree.leaves(params16)} == {jnp.dtype(jnp.float32)}
+    labels = jnp.array([0, 2], jnp.int32)
+    jaxpr = str(jax.make_jaxpr(apply16)(unet_perturbed, X7, T7, labels))
+    assert "conv_general_dilated" in jaxpr and "bf16[2,7,7,8]" in jaxpr  # activations in bf16
+    y16 = jax.jit(apply16)(unet_perturbed, X7, T7, labels)
+    y32 = unet[4](unet_perturbed, X7, T7, labels)
+    assert y16.dtype == jnp.float32 and y16.shape == X7.shape
+    rms = float(np.sqrt(np.mean(np.asarray(y32) ** 2)))
+    rel = float(np.sqrt(np.mean((np.asarray(y16) - np.asarray(y32)) ** 2))) / rms
+    assert rms > 1e-2 and 1e-4 < rel < 4e-2
+
+    def loss(apply):
+        return lambda p: jnp.mean((apply(p, X7, T7, labels) - X7) ** 2)
+
+    g16 = jax.jit(jax.grad(loss(apply16)))(unet_perturbed)
+    g32 = jax.jit(jax.grad(loss(unet[3])))(unet_perturbed)
+    assert {g.dtype for g in jax.tree.leaves(g16)} == {jnp.dtype(jnp.float32)}
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (g16, g32))
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+
+
 def test_unet_timesteps_and_labels_change_output(unet, unet_perturbed):
     apply_jit = unet[4]
     x = jnp.broadcast_to(normal(2, (1, 7, 7, 2)), (B, 7, 7, 2))  # the same image twice
@@ -428,9 +462,10 @@ def test_conditional_mlp_is_the_tutorial_model():
         (dict(channel_mults=()), r"channel_mults must be a non-empty"),
         (dict(num_classes=0), r"num_classes must be None or >= 1"),
         (dict(dropout=1.0), r"dropout must lie in \[0, 1\)"),
+        (dict(dtype=jnp.int32), r"dtype must be a floating dtype such as jnp.float32"),
     ],
     ids=["too-small-8", "too-small-3", "groups-12-8", "groups-16-5", "heads", "attn-res",
-         "no-levels", "num-classes", "dropout"],
+         "no-levels", "num-classes", "dropout", "dtype"],
 )  # fmt: skip
 def test_unet_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -32,6 +32,7 @@ from jaxdiff.models import (
     count_params,
     improved_denoiser_8x8,
     split_model,
+    unet_mnist,
     unet_mnist_small,
 )
 
@@ -88,6 +89,7 @@ JAX_MODELS = {
     "unet_compact_conditional": compact(10),
     "improved_denoiser_8x8": lambda r: improved_denoiser_8x8(rngs=r),
     "unet_mnist_small": lambda r: unet_mnist_small(rngs=r),
+    "unet_mnist": lambda r: unet_mnist(rngs=r),
 }
 
 
@@ -125,6 +127,7 @@ TORCH_MODELS = {
     "unet_compact_conditional": lambda: tr.unet_compact(num_classes=10),
     "improved_denoiser_8x8": lambda: tr.improved_denoiser_8x8(),
     "unet_mnist_small": lambda: tr.UNet(1, 28, 32, (1, 2, 2), 1, (7,), norm_groups=8),
+    "unet_mnist": lambda: tr.unet_mnist(),
 }
 
 
@@ -142,9 +145,17 @@ def test_recipe_models_are_the_experiments_models():
 
     assert digits.MODELS[digits.DigitsConfig().model] is improved_denoiser_8x8
     assert mnist.MODELS[mnist.PRESETS["cpu"].model] is mnist.unet_compact
-    names = {"moons": "conditional_mlp", "digits": "improved_denoiser_8x8", "mnist": "unet_compact"}
+    assert mnist.MODELS[mnist.PRESETS["gpu"].model] is unet_mnist
+    names = {
+        "moons": "conditional_mlp",
+        "digits": "improved_denoiser_8x8",
+        "mnist": "unet_compact",
+        "mnist_full": "unet_mnist",
+    }
     counts = {recipe: count_params(jax_model(name)[1]) for recipe, name in names.items()}
-    assert counts == {"moons": 72_066, "digits": 9_202_305, "mnist": 280_177}
+    assert counts == {
+        "moons": 72_066, "digits": 9_202_305, "mnist": 280_177, "mnist_full": 6_469_889
+    }  # fmt: skip
     for name, recipe in tr.RECIPES.items():
         assert tr.count_params(tr.build_model(recipe)) == counts[name], name
 
@@ -208,6 +219,22 @@ def test_unet_odd_sizes_heads_labels_forward_matches():
     )
 
 
+def test_unet_two_res_blocks_dropout_forward_matches():
+    """``unet_mnist``'s structure (two residual blocks per level, three up, dropout 0.1 off in
+    evaluation), smaller: base 8, 4 groups."""
+    cfg = dict(
+        base_channels=8, channel_mults=(1, 2), num_res_blocks=2, attention_resolutions=(4,),
+        norm_groups=4, dropout=0.1,
+    )  # fmt: skip
+    x = np.random.default_rng(4).standard_normal((2, 7, 7, 1)).astype(np.float32)
+    assert_same_forward(
+        lambda r: UNet(1, 7, **cfg, rngs=r),
+        lambda: tr.UNet(1, 7, **cfg),
+        x,
+        np.array([1, 600], np.int32),
+    )
+
+
 def test_unet_without_downsampling_forward_matches():
     """The digits recipe's structure (every level at 8x8, channel changes, skips), smaller."""
     cfg = dict(
@@ -234,10 +261,12 @@ def test_recipes_match_the_experiments_configs():
     moons = toy2d.resolve(toy2d.Toy2dConfig())
     dig = digits.DigitsConfig()
     mn, _ = mnist.resolve(mnist.MnistConfig(preset="cpu"))
+    full, _ = mnist.resolve(mnist.MnistConfig(preset="gpu"))
     for recipe, cfg, warmup in (
         (tr.RECIPES["moons"], moons, 0),
         (tr.RECIPES["digits"], dig, 0),
         (tr.RECIPES["mnist"], mn, mn.warmup_steps),
+        (tr.RECIPES["mnist_full"], full, full.warmup_steps),
     ):
         assert recipe.batch_size == cfg.batch_size
         assert recipe.learning_rate == cfg.learning_rate
@@ -254,7 +283,7 @@ def test_recipes_match_the_experiments_configs():
         moons.beta_end,
     )
     assert moons.hidden == 128 and moons.dataset == "moons" and moons.num_points == 10_000
-    assert dig.model == "improved" and mn.model == "compact"
+    assert dig.model == "improved" and mn.model == "compact" and full.model == "full"
     # torch.optim.Adam(W)'s defaults are jaxdiff's.
     defaults = TrainConfig()
     assert (defaults.b1, defaults.b2, defaults.adam_eps) == (0.9, 0.999, 1e-8)
