@@ -29,7 +29,6 @@ reverse_process.gif, checkpoints/ and report.md.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -41,13 +40,23 @@ import numpy as np
 from flax import nnx
 
 from experiments._cli import field, run_main
+from experiments._common import (
+    check_batch_divisible,
+    command_section,
+    evaluation_section,
+    log,
+    open_run_dir,
+    restore_latest,
+    train,
+    training_section,
+)
 from jaxdiff import data as jdata
 from jaxdiff import plotting
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.forward import q_sample
-from jaxdiff.loop import fit, steps_per_second
+from jaxdiff.loop import steps_per_second
 from jaxdiff.models import UNet, count_params, improved_denoiser_8x8, split_model
-from jaxdiff.outputs import MetricsLog, prepare_run_dir, read_metrics, write_json, write_report
+from jaxdiff.outputs import read_metrics, write_json, write_report
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import make_schedule
 from jaxdiff.sharding import is_main_process
@@ -183,11 +192,6 @@ def resolve(config: DigitsConfig, num_images: int = 1797) -> DigitsConfig:
     return dataclasses.replace(config, train_steps=steps)
 
 
-def _log(msg: str) -> None:
-    if is_main_process():
-        print(msg, file=sys.stderr, flush=True)
-
-
 def main(config: DigitsConfig) -> dict:
     """Run the experiment; return the final metrics dict (also written to metrics.json)."""
     t_start = time.perf_counter()
@@ -196,17 +200,7 @@ def main(config: DigitsConfig) -> dict:
     spe = jdata.steps_per_epoch(len(images), config.batch_size)
     cfg_dict = dataclasses.asdict(config)
     main_process = is_main_process()
-    out = (
-        prepare_run_dir(
-            config.out,
-            cfg_dict,
-            resume=config.resume,
-            overwrite=config.overwrite,
-            may_differ=RESUMABLE,
-        )
-        if main_process
-        else Path(config.out)
-    )
+    out = open_run_dir(config, cfg_dict, RESUMABLE)
 
     # The initialisers draw from an "rbg" key: on XLA:CPU every parameter shape compiles its own
     # initialiser, and a threefry one takes ~1 s to compile there (a tiny U-Net: 46 compiles,
@@ -227,18 +221,14 @@ def main(config: DigitsConfig) -> dict:
             steps_per_call=config.steps_per_call,
         ),
     )
-    if config.batch_size % trainer.num_devices:
-        raise ValueError(
-            f"--batch-size {config.batch_size} is not divisible by the {trainer.num_devices} "
-            "devices; pick a multiple of the device count"
-        )
+    check_batch_divisible(config.batch_size, trainer)
     key = jax.random.key(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
     estimate = ""
     if jax.default_backend() == "cpu":
         minutes = config.train_steps / CPU_STEPS_PER_SECOND[config.model] / 60
         estimate = f"; expected training time on a 2-core CPU ~{minutes:.0f} min"
-    _log(
+    log(
         f"jaxdiff digits: {config.model} U-Net with {n_params:,} parameters on "
         f"{jax.default_backend()} ({trainer.num_devices} device(s)); {config.train_steps} steps "
         f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size})"
@@ -251,32 +241,14 @@ def main(config: DigitsConfig) -> dict:
         save_every=config.checkpoint_every or config.train_steps,
     )
     with ckpt:
-        restored = None
-        if config.resume and ckpt.latest_step() is not None:
-            state, _meta = ckpt.restore(state)
-            restored = int(jax.device_get(state.step))
-            _log(f"resumed from the checkpoint at step {restored}")
-        elif config.resume:
-            _log("--resume: no checkpoint yet in this run; starting at step 0")
+        state, restored = restore_latest(ckpt, state, config.resume)
         if main_process:
             _forward_figures(out, schedule, images, key)
         data = trainer.put_data({"x": images})
-        log = MetricsLog(out / "metrics.jsonl", truncate_after=restored, enabled=main_process)
-        t_train = time.perf_counter()
-        with log:
-            state, records = fit(
-                trainer,
-                state,
-                data,
-                num_steps=config.train_steps,
-                batch_size=config.batch_size,
-                checkpointer=ckpt,
-                checkpoint_metadata={"config": cfg_dict},
-                metrics_log=log,
-                progress=config.progress,
-                description="train",
-            )
-        train_seconds = time.perf_counter() - t_train
+        state, records, train_seconds = train(
+            trainer, state, data, config=config, out=out, ckpt=ckpt, cfg_dict=cfg_dict,
+            restored=restored,
+        )  # fmt: skip
     del data
 
     final = _final_samples(config, apply, eval_params(state), schedule, key)
@@ -307,7 +279,7 @@ def main(config: DigitsConfig) -> dict:
         metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
         write_json(out / "metrics.json", metrics)
         _write_report(out, config, metrics)
-        _log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
+        log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
     return metrics
 
 
@@ -409,52 +381,22 @@ def _evaluate(config: DigitsConfig, samples: np.ndarray) -> dict | None:
             samples, "digits", cache_dir=config.cache_dir, progress=config.progress
         )
     except ValueError as e:  # e.g. too few samples for a covariance: report, don't lose the run
-        _log(f"evaluation skipped: {e}")
+        log(f"evaluation skipped: {e}")
         return None
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
-    return str(value)
-
-
 def _write_report(out: Path, config: DigitsConfig, metrics: dict) -> None:
-    rows = [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if k != "evaluation"]
     sections = [
-        (
-            "Command",
-            f"```\n{PROG} " + " ".join(sys.argv[1:]) + "\n```\n\nResolved config: `config.json`.",
-        ),
+        command_section(PROG),
         (
             "Samples",
             "5 x 8 samples (EMA weights):\n\n![samples](samples_grid.png)\n\n"
             "Generated next to the training data:\n\n![samples vs real](samples_vs_real.png)",
         ),
-        (
-            "Training",
-            "| quantity | value |\n| --- | --- |\n"
-            + "\n".join(rows)
-            + "\n\n![loss curves](loss_curves.png)",
-        ),
+        training_section(metrics),
     ]
-    ev = metrics.get("evaluation")
-    if ev:
-        ev_rows = [
-            f"| {name} | {_fmt(v['samples'])} | {_fmt(v['real'])} | {_fmt(v['noise'])} |"
-            for name, v in ev["metrics"].items()
-        ]
-        sections.append(
-            (
-                "Evaluation",
-                f"{ev['num_samples']} samples, feature network: {ev.get('feature_network', '?')}. "
-                "'real' is held-out real digits (the floor), 'noise' is noise images (the "
-                "ceiling).\n\n| metric | samples | real | noise |\n| --- | --- | --- | --- |\n"
-                + "\n".join(ev_rows),
-            )
-        )
+    if metrics.get("evaluation"):
+        sections.append(evaluation_section(metrics["evaluation"], "held-out real digits"))
     sections.append(
         (
             "Processes",

@@ -30,11 +30,21 @@ import numpy as np
 from flax import nnx
 
 from experiments._cli import field, run_main
+from experiments._common import (
+    check_batch_divisible,
+    command_section,
+    evaluation_section,
+    log,
+    open_run_dir,
+    restore_latest,
+    train,
+    training_section,
+)
 from jaxdiff import data as jdata
 from jaxdiff import plotting
 from jaxdiff.checkpoint import Checkpointer, CorruptCheckpointError
 from jaxdiff.forward import q_sample
-from jaxdiff.loop import fit, steps_per_second
+from jaxdiff.loop import steps_per_second
 from jaxdiff.models import (
     UNet,
     count_params,
@@ -43,7 +53,7 @@ from jaxdiff.models import (
     unet_mnist,
     unet_mnist_small,
 )
-from jaxdiff.outputs import MetricsLog, prepare_run_dir, read_metrics, write_json, write_report
+from jaxdiff.outputs import read_metrics, write_json, write_report
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import Schedule, make_schedule
 from jaxdiff.sharding import is_main_process
@@ -63,6 +73,7 @@ class Preset:
     batch_size: int
     learning_rate: float
     warmup_steps: int
+    lr_schedule: str
     ema_decay: float
     sample_every: int
     checkpoint_every: int
@@ -80,9 +91,24 @@ class Preset:
 # on the same checkpoint (256 samples each; see README.md). Deterministic ODE solvers follow the
 # model's errors; the noise injected by DDPM corrects part of them.
 PRESETS = {
-    "cpu": Preset("cpu", "compact", 1200, 32, 1e-3, 100, 0.995, 300, 300, "ddpm", 25, 0.6, 250.0),
+    "cpu": Preset(
+        "cpu", "compact", 1200, 32, 1e-3, 100, "constant", 0.995, 300, 300, "ddpm", 25, 0.6, 250.0
+    ),
     "gpu": Preset(
-        "gpu", "full", 40_000, 128, 2e-4, 1000, 0.9999, 5000, 5000, "dpm++", 20, 0.03, 120.0
+        "gpu",
+        "full",
+        40_000,
+        128,
+        2e-4,
+        1000,
+        "constant",
+        0.9999,
+        5000,
+        5000,
+        "dpm++",
+        20,
+        0.03,
+        120.0,
     ),
 }
 
@@ -156,6 +182,9 @@ class MnistConfig:
     )
     learning_rate: float | None = field(None, "peak Adam learning rate (cpu 1e-3, gpu 2e-4)")
     warmup_steps: int | None = field(None, "linear learning-rate warm-up steps")
+    lr_schedule: Literal["constant", "cosine"] | None = field(
+        None, "after warm-up: constant, or cosine decay to 0 at --train-steps (preset: constant)"
+    )
     ema_decay: float | None = field(None, "EMA decay, with warm-up (cpu 0.995, gpu 0.9999)")
     image_size: int = field(28, "train on 28x28 or 32x32 (bilinear resize) images")
     num_timesteps: int = field(1000, "diffusion steps T")
@@ -265,6 +294,7 @@ def resolve(config: MnistConfig, backend: str | None = None) -> tuple[MnistConfi
         "model": p.model,
         "learning_rate": p.learning_rate,
         "warmup_steps": p.warmup_steps,
+        "lr_schedule": p.lr_schedule,
         "ema_decay": p.ema_decay,
         "sample_every": p.sample_every,
         "checkpoint_every": p.checkpoint_every,
@@ -301,6 +331,8 @@ def build(
     train_config = TrainConfig(
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps,
+        lr_schedule=config.lr_schedule,
+        total_steps=config.train_steps if config.lr_schedule == "cosine" else None,
         ema_decay=config.ema_decay,
         prediction=config.prediction,
         num_classes=num_classes,
@@ -404,11 +436,6 @@ def load_run(run_dir, step: int | None = None) -> TrainedRun:
     )
 
 
-def _log(msg: str) -> None:
-    if is_main_process():
-        print(msg, file=sys.stderr, flush=True)
-
-
 def to_images(x) -> np.ndarray:
     """Sampler output in [-1, 1] -> float32 [0, 1] (clipped), as samples.npy stores it."""
     return np.clip(np.asarray(jdata.to_unit_interval(jax.device_get(x)), np.float32), 0.0, 1.0)
@@ -432,34 +459,20 @@ def main(config: MnistConfig) -> dict:
         )
     cfg_dict = dataclasses.asdict(config)
     main_process = is_main_process()
-    out = (
-        prepare_run_dir(
-            config.out,
-            cfg_dict,
-            resume=config.resume,
-            overwrite=config.overwrite,
-            may_differ=RESUMABLE,
-        )
-        if main_process
-        else Path(config.out)
-    )
+    out = open_run_dir(config, cfg_dict, RESUMABLE)
 
     # Model, schedule, compiled step.
     apply, params, schedule, train_config = build(config)
     n_params = count_params(params)
     trainer = Trainer(apply, schedule, train_config)
-    if config.batch_size % trainer.num_devices:
-        raise ValueError(
-            f"--batch-size {config.batch_size} is not divisible by the {trainer.num_devices} "
-            "devices; pick a multiple of the device count"
-        )
+    check_batch_divisible(config.batch_size, trainer)
     key = jax.random.PRNGKey(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
 
     expected = preset.fixed_seconds + preset.seconds_per_step * config.train_steps * (
         config.batch_size / preset.batch_size
     )
-    _log(
+    log(
         f"jaxdiff MNIST: preset '{config.preset}' on {jax.default_backend()} "
         f"({trainer.num_devices} device(s)); {config.model} U-Net with {n_params:,} parameters; "
         f"{config.train_steps} steps of batch {config.batch_size}; expected duration "
@@ -472,13 +485,7 @@ def main(config: MnistConfig) -> dict:
         save_every=config.checkpoint_every or config.train_steps,  # 0: only at the end
     )
     with ckpt:
-        restored = None
-        if config.resume and ckpt.latest_step() is not None:
-            state, _meta = ckpt.restore(state)
-            restored = int(jax.device_get(state.step))
-            _log(f"resumed from the checkpoint at step {restored}")
-        elif config.resume:
-            _log("--resume: no checkpoint yet in this run; starting at step 0")
+        state, restored = restore_latest(ckpt, state, config.resume)
 
         if main_process:
             _forward_figures(out, schedule, images, key)
@@ -517,23 +524,10 @@ def main(config: MnistConfig) -> dict:
                 )
 
         hooks = [(config.sample_every, sample_grid)] if config.sample_every else []
-        log = MetricsLog(out / "metrics.jsonl", truncate_after=restored, enabled=main_process)
-        t_train = time.perf_counter()
-        with log:
-            state, records = fit(
-                trainer,
-                state,
-                data,
-                num_steps=config.train_steps,
-                batch_size=config.batch_size,
-                checkpointer=ckpt,
-                checkpoint_metadata={"config": cfg_dict},
-                metrics_log=log,
-                hooks=hooks,
-                progress=config.progress,
-                description="train",
-            )
-        train_seconds = time.perf_counter() - t_train
+        state, records, train_seconds = train(
+            trainer, state, data, config=config, out=out, ckpt=ckpt, cfg_dict=cfg_dict,
+            restored=restored, hooks=hooks,
+        )  # fmt: skip
     del data
 
     # Final samples (EMA parameters).
@@ -567,7 +561,7 @@ def main(config: MnistConfig) -> dict:
         metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
         write_json(out / "metrics.json", metrics)
         _write_report(out, config, metrics)
-        _log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
+        log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
     return metrics
 
 
@@ -684,49 +678,22 @@ def _evaluate(config: MnistConfig, final: dict) -> dict | None:
             progress=config.progress,
         )
     except ValueError as e:  # e.g. too few samples for a covariance: report, don't lose the run
-        _log(f"evaluation skipped: {e}")
+        log(f"evaluation skipped: {e}")
         return None
 
 
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _write_report(out: Path, config: MnistConfig, metrics: dict) -> None:
-    lines = [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if k != "evaluation"]
     sections = [
-        (
-            "Command",
-            f"```\n{PROG} " + " ".join(sys.argv[1:]) + "\n```\n\nResolved config: "
-            f"`config.json`. Preset: {config.preset}.",
-        ),
+        command_section(PROG, f"Preset: {config.preset}."),
         (
             "Samples",
             "![samples vs real](samples_vs_real.png)"
             + ("\n\n![by class](samples_by_class.png)" if config.class_conditional else ""),
         ),
-        (
-            "Training",
-            "| quantity | value |\n| --- | --- |\n"
-            + "\n".join(lines)
-            + "\n\n![loss curves](loss_curves.png)",
-        ),
+        training_section(metrics),
     ]
-    ev = metrics.get("evaluation")
-    if ev:
-        rows = [
-            f"| {name} | {_fmt(v['samples'])} | {_fmt(v['real'])} | {_fmt(v['noise'])} |"
-            for name, v in ev["metrics"].items()
-        ]
-        sections.append(
-            (
-                "Evaluation",
-                f"{ev['num_samples']} samples, feature network: {ev.get('feature_network', '?')}. "
-                "'real' is real data against real data (the floor), 'noise' is noise against real "
-                "data (the ceiling).\n\n| metric | samples | real | noise |\n"
-                "| --- | --- | --- | --- |\n" + "\n".join(rows),
-            )
-        )
+    if metrics.get("evaluation"):
+        sections.append(evaluation_section(metrics["evaluation"], "real data against real data"))
     sections.append(
         (
             "Processes",

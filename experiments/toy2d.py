@@ -46,13 +46,23 @@ import numpy as np
 from flax import nnx
 
 from experiments._cli import field, run_main
+from experiments._common import (
+    check_batch_divisible,
+    command_section,
+    fmt,
+    log,
+    open_run_dir,
+    restore_latest,
+    train,
+    training_section,
+)
 from jaxdiff import data as jdata
 from jaxdiff import plotting
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.forward import q_sample
-from jaxdiff.loop import fit, steps_per_second
+from jaxdiff.loop import steps_per_second
 from jaxdiff.models import ConditionalMLP, count_params, split_model
-from jaxdiff.outputs import MetricsLog, prepare_run_dir, read_metrics, write_json, write_report
+from jaxdiff.outputs import read_metrics, write_json, write_report
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import TERMINAL_SIGNAL_THRESHOLD, Schedule, make_schedule
 from jaxdiff.sharding import is_main_process
@@ -206,11 +216,6 @@ def build_schedule(config: Toy2dConfig) -> Schedule:
     )
 
 
-def _log(msg: str) -> None:
-    if is_main_process():
-        print(msg, file=sys.stderr, flush=True)
-
-
 def host_batches(
     points: np.ndarray,
     batch_size: int,
@@ -254,17 +259,7 @@ def main(config: Toy2dConfig) -> dict:
     points = jdata.make_points(config.dataset, config.num_points, seed=config.seed)
     cfg_dict = dataclasses.asdict(config)
     main_process = is_main_process()
-    out = (
-        prepare_run_dir(
-            config.out,
-            cfg_dict,
-            resume=config.resume,
-            overwrite=config.overwrite,
-            may_differ=RESUMABLE,
-        )
-        if main_process
-        else Path(config.out)
-    )
+    out = open_run_dir(config, cfg_dict, RESUMABLE)
 
     schedule = build_schedule(config)
     model = ConditionalMLP(dim, config.num_timesteps, config.hidden, rngs=nnx.Rngs(config.seed))
@@ -282,15 +277,11 @@ def main(config: Toy2dConfig) -> dict:
             unroll=1,  # an MLP runs fine in a rolled scan on every backend
         ),
     )
-    if config.batch_size % trainer.num_devices:
-        raise ValueError(
-            f"--batch-size {config.batch_size} is not divisible by the {trainer.num_devices} "
-            "devices; pick a multiple of the device count"
-        )
+    check_batch_divisible(config.batch_size, trainer)
     key = jax.random.key(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
     spe = steps_per_epoch(config)
-    _log(
+    log(
         f"jaxdiff toy2d: {config.dataset} ({config.num_points} points, D={dim}); "
         f"ConditionalMLP with {n_params:,} parameters; {config.train_steps} steps "
         f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size}); "
@@ -302,13 +293,7 @@ def main(config: Toy2dConfig) -> dict:
         out / "checkpoints", max_to_keep=config.keep_checkpoints, save_every=checkpoint_every
     )
     with ckpt:
-        restored = None
-        if config.resume and ckpt.latest_step() is not None:
-            state, _meta = ckpt.restore(state)
-            restored = int(jax.device_get(state.step))
-            _log(f"resumed from the checkpoint at step {restored}")
-        elif config.resume:
-            _log("--resume: no checkpoint yet in this run; starting at step 0")
+        state, restored = restore_latest(ckpt, state, config.resume)
         start = int(jax.device_get(state.step))
 
         if main_process:
@@ -323,22 +308,10 @@ def main(config: Toy2dConfig) -> dict:
             trainer.steps_per_call,
             boundaries=(checkpoint_every,),
         )
-        log = MetricsLog(out / "metrics.jsonl", truncate_after=restored, enabled=main_process)
-        t_train = time.perf_counter()
-        with log:
-            state, records = fit(
-                trainer,
-                state,
-                batches,
-                num_steps=config.train_steps,
-                batch_size=config.batch_size,
-                checkpointer=ckpt,
-                checkpoint_metadata={"config": cfg_dict},
-                metrics_log=log,
-                progress=config.progress,
-                description="train",
-            )
-        train_seconds = time.perf_counter() - t_train
+        state, records, train_seconds = train(
+            trainer, state, batches, config=config, out=out, ckpt=ckpt, cfg_dict=cfg_dict,
+            restored=restored,
+        )  # fmt: skip
 
     final = _final_samples(config, apply, eval_params(state), schedule, dim, key)
     samples = final["samples"]
@@ -375,11 +348,11 @@ def main(config: Toy2dConfig) -> dict:
                     samples, "points", dataset=config.dataset, cache_dir=config.cache_dir
                 )
             except ValueError as e:  # e.g. NaN samples after divergence: report, keep the run
-                _log(f"evaluation skipped: {e}")
+                log(f"evaluation skipped: {e}")
         metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
         write_json(out / "metrics.json", metrics)
         _write_report(out, config, metrics)
-        _log(f"done in {metrics['total_seconds_this_run']:.0f} s; see {out / 'report.md'}")
+        log(f"done in {metrics['total_seconds_this_run']:.0f} s; see {out / 'report.md'}")
     return metrics
 
 
@@ -607,17 +580,8 @@ def _schedule_name(config: Toy2dConfig) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "(" + ", ".join(_fmt(v) for v in value) + ")"
-    return str(value)
-
-
 def _write_report(out: Path, config: Toy2dConfig, metrics: dict) -> None:
     skip = ("evaluation", "terminal", "schedule")
-    rows = [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if k not in skip]
     abar = metrics["alphas_cumprod_last"]
     other = (
         f"{PROG} --out {config.out}-default"
@@ -626,7 +590,7 @@ def _write_report(out: Path, config: Toy2dConfig, metrics: dict) -> None:
     )
     terminal_rows = [
         f"| {name} | {t['alphas_cumprod_last']:.4g} | {t['signal_scale']:.3f} | "
-        f"{t['noise_std']:.3f} | {_fmt(t['q_xT_mean'])} | {_fmt(t['q_xT_std'])} | "
+        f"{t['noise_std']:.3f} | {fmt(t['q_xT_mean'])} | {fmt(t['q_xT_std'])} | "
         f"{t['mmd2_rbf_vs_prior']:.3g} |"
         for name, t in metrics["terminal"].items()
     ]
@@ -661,10 +625,7 @@ samples match the data. The other setting runs with
         else ""
     )
     sections = [
-        (
-            "Command",
-            f"```\n{PROG} " + " ".join(sys.argv[1:]) + "\n```\n\nResolved config: `config.json`.",
-        ),
+        command_section(PROG),
         (
             "Samples",
             "![samples vs data](samples_vs_data.png)\n\n"
@@ -679,7 +640,7 @@ samples match the data. The other setting runs with
     ev = metrics.get("evaluation")
     if ev:
         ev_rows = [
-            f"| {name} | {_fmt(v['samples'])} | {_fmt(v['real'])} | {_fmt(v['noise'])} |"
+            f"| {name} | {fmt(v['samples'])} | {fmt(v['real'])} | {fmt(v['noise'])} |"
             for name, v in ev["metrics"].items()
         ]
         sections.append(
@@ -693,12 +654,7 @@ samples match the data. The other setting runs with
             )
         )
     sections += [
-        (
-            "Training",
-            "| quantity | value |\n| --- | --- |\n"
-            + "\n".join(rows)
-            + "\n\n![loss curves](loss_curves.png)",
-        ),
+        training_section(metrics, skip),
         (
             "Processes",
             "![forward scatter](forward_scatter.png)\n\n![reverse scatter](reverse_scatter.png)",

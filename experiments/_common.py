@@ -1,0 +1,167 @@
+"""Scaffolding shared by the training experiments (mnist, digits, toy2d).
+
+Each experiment builds its own data, model and figures; the steps around them are the same:
+open the run directory (main process only), check the batch against the devices, restore the
+latest checkpoint on ``--resume``, run :func:`jaxdiff.loop.fit` with the metrics log, and write
+the common report sections.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.loop import fit
+from jaxdiff.outputs import MetricsLog, prepare_run_dir
+from jaxdiff.sharding import is_main_process
+from jaxdiff.train import Trainer, TrainState
+
+__all__ = [
+    "check_batch_divisible",
+    "command_section",
+    "evaluation_section",
+    "fmt",
+    "log",
+    "open_run_dir",
+    "restore_latest",
+    "train",
+    "training_section",
+]
+
+
+def log(msg: str) -> None:
+    """Print a progress line to stderr, from the main process only."""
+    if is_main_process():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def open_run_dir(config: Any, cfg_dict: dict, may_differ: Sequence[str]) -> Path:
+    """``config.out`` prepared for this run (``prepare_run_dir``) on the main process.
+
+    Other processes of a multi-process run only get the path: process 0 writes every file.
+    Raises what ``prepare_run_dir`` raises (a refused or unwritable ``--out``) before any work.
+    """
+    if not is_main_process():
+        return Path(config.out)
+    return prepare_run_dir(
+        config.out, cfg_dict, resume=config.resume, overwrite=config.overwrite,
+        may_differ=may_differ,
+    )  # fmt: skip
+
+
+def check_batch_divisible(batch_size: int, trainer: Trainer) -> None:
+    """``ValueError`` naming both numbers when the global batch does not split over devices."""
+    if batch_size % trainer.num_devices:
+        raise ValueError(
+            f"--batch-size {batch_size} is not divisible by the {trainer.num_devices} "
+            "devices; pick a multiple of the device count"
+        )
+
+
+def restore_latest(
+    ckpt: Checkpointer, state: TrainState, resume: bool
+) -> tuple[TrainState, int | None]:
+    """With ``resume``, the latest checkpoint restored into ``state`` and its step.
+
+    Returns ``(state, None)`` when not resuming or when the run has no checkpoint yet (said
+    on stderr), so the caller starts at step 0.
+    """
+    if resume and ckpt.latest_step() is not None:
+        state, _meta = ckpt.restore(state)
+        restored = int(jax.device_get(state.step))
+        log(f"resumed from the checkpoint at step {restored}")
+        return state, restored
+    if resume:
+        log("--resume: no checkpoint yet in this run; starting at step 0")
+    return state, None
+
+
+def train(
+    trainer: Trainer,
+    state: TrainState,
+    data: Any,
+    *,
+    config: Any,
+    out: Path,
+    ckpt: Checkpointer,
+    cfg_dict: dict,
+    restored: int | None,
+    hooks: Sequence[tuple[int, Callable]] = (),
+) -> tuple[TrainState, list[dict], float]:
+    """:func:`jaxdiff.loop.fit` to ``config.train_steps`` with ``metrics.jsonl`` in ``out``.
+
+    ``data`` is an on-device dataset (``Trainer.put_data``) or an iterator of host stacks.
+    The metrics log drops records after ``restored`` (a resumed run rewrites them). Returns
+    ``(state, records of this call, seconds spent in fit)``.
+    """
+    metrics_log = MetricsLog(
+        out / "metrics.jsonl", truncate_after=restored, enabled=is_main_process()
+    )
+    start = time.perf_counter()
+    with metrics_log:
+        state, records = fit(
+            trainer,
+            state,
+            data,
+            num_steps=config.train_steps,
+            batch_size=config.batch_size,
+            checkpointer=ckpt,
+            checkpoint_metadata={"config": cfg_dict},
+            metrics_log=metrics_log,
+            hooks=list(hooks),
+            progress=config.progress,
+            description="train",
+        )
+    return state, records, time.perf_counter() - start
+
+
+def fmt(value: Any) -> str:
+    """A metric for a report table: floats to 4 significant digits, lists as tuples."""
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, list):
+        return "(" + ", ".join(fmt(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def command_section(prog: str, note: str = "") -> tuple[str, str]:
+    """The report's "Command" section: the command line as run, and where the config is."""
+    text = f"```\n{prog} " + " ".join(sys.argv[1:]) + "\n```\n\nResolved config: `config.json`."
+    return "Command", text + (f" {note}" if note else "")
+
+
+def training_section(metrics: Mapping[str, Any], skip: Sequence[str] = ()) -> tuple[str, str]:
+    """The report's "Training" section: every metric not in ``skip``, then the loss curves."""
+    rows = [
+        f"| {k} | {fmt(v)} |" for k, v in metrics.items() if k != "evaluation" and k not in skip
+    ]
+    return (
+        "Training",
+        "| quantity | value |\n| --- | --- |\n"
+        + "\n".join(rows)
+        + "\n\n![loss curves](loss_curves.png)",
+    )
+
+
+def evaluation_section(evaluation: Mapping[str, Any], real: str) -> tuple[str, str]:
+    """The report's "Evaluation" section for image samples; ``real`` says what the floor is."""
+    rows = [
+        f"| {name} | {fmt(v['samples'])} | {fmt(v['real'])} | {fmt(v['noise'])} |"
+        for name, v in evaluation["metrics"].items()
+    ]
+    return (
+        "Evaluation",
+        f"{evaluation['num_samples']} samples, feature network: "
+        f"{evaluation.get('feature_network', '?')}. 'real' is {real} (the floor), 'noise' is "
+        "noise images (the ceiling).\n\n| metric | samples | real | noise |\n"
+        "| --- | --- | --- | --- |\n" + "\n".join(rows),
+    )
