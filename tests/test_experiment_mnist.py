@@ -132,3 +132,20 @@ def test_presets_resolve_per_backend():
     assert (steps.sampler, steps.sample_steps) == ("ddpm", 40)
     mine, _ = mnist.resolve(mnist.MnistConfig(train_steps=50), backend="cpu")
     assert mine.train_steps == 50 and mine.warmup_steps == 5  # warm-up shrunk to fit the run
+
+
+def test_lr_schedule_flag_reaches_the_optimiser():
+    """``--lr-schedule cosine`` decays to 0 at --train-steps; the presets keep a constant rate."""
+    from jaxdiff.train import make_lr_schedule
+
+    cpu, _ = mnist.resolve(mnist.MnistConfig(), backend="cpu")
+    assert cpu.lr_schedule == "constant"
+    config, _ = mnist.resolve(
+        mnist.MnistConfig(lr_schedule="cosine", train_steps=200, warmup_steps=10), backend="cpu"
+    )
+    *_, train_config = mnist.build(config, abstract=True)
+    assert (train_config.lr_schedule, train_config.total_steps) == ("cosine", 200)
+    lr = make_lr_schedule(train_config)
+    assert float(lr(9)) == pytest.approx(1e-3)  # end of warm-up: the peak
+    assert float(lr(105)) == pytest.approx(0.5e-3, rel=1e-2)  # half-way through the decay
+    assert float(lr(199)) < 1e-6
