@@ -303,9 +303,11 @@ def _forward_figures(out: Path, schedule, images: np.ndarray, key) -> None:
     x0 = jnp.asarray(images[:6])
     noise = jax.random.normal(jax.random.fold_in(key, 10), x0.shape)
     noisy = [np.asarray(q_sample(schedule, x0, jnp.full((6,), t), noise)) for t in ts]
-    # Data units: the digits live in [0, 1], so at t = 0 the figure (which shows (x + 1) / 2)
-    # draws the background mid-grey; the histograms show the true pixel values.
-    plotting.plot_forward_process(out / "forward_process.png", np.stack(noisy), ts)
+    # The digits live in [0, 1]: drawn black to white over that range (noise clipped for
+    # display only); the histograms show the true values.
+    plotting.plot_forward_process(
+        out / "forward_process.png", np.stack(noisy), ts, value_range=(0.0, 1.0)
+    )
 
 
 def _final_samples(config: DigitsConfig, apply, params, schedule, key) -> dict:
@@ -401,8 +403,8 @@ def _write_report(out: Path, config: DigitsConfig, metrics: dict) -> None:
         (
             "Processes",
             "Schedule curves (beta, alpha, alpha-bar):\n\n![schedules](schedules.png)\n\n"
-            "Forward process with pixel histograms (images drawn as (x + 1) / 2, so the [0, 1] "
-            "digits sit on a grey background at t = 0):\n\n![forward](forward_process.png)\n\n"
+            "Forward process with pixel histograms (images drawn over the data's [0, 1] "
+            "range, noise clipped for display):\n\n![forward](forward_process.png)\n\n"
             "Reverse process (rows: samples, columns: steps):\n\n"
             "![reverse process](reverse_process.png)\n\n"
             "Pixel-intensity histograms and statistics over the reverse process:\n\n"

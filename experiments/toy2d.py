@@ -492,7 +492,7 @@ def _final_figures(out: Path, config, schedule, points, final, key) -> dict:
         out / "reverse_scatter.png",
         np.stack(frames)[..., view],
         labels,
-        title=f"reverse process ({config.sampler}, EMA weights; t=-1 is x0)",
+        title=f"reverse process ({config.sampler}, EMA weights)",
     )
 
     # GIF: the forward process of the data, then the reverse process of the samples.

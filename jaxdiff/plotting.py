@@ -169,12 +169,23 @@ def plot_reverse_process(path, trajectory, timesteps: Sequence[int], *, n: int =
     return _save(fig, path)
 
 
-def plot_forward_process(path, noisy, timesteps: Sequence[int], *, n: int = 6) -> Path:
+def plot_forward_process(
+    path,
+    noisy,
+    timesteps: Sequence[int],
+    *,
+    n: int = 6,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> Path:
     """Forward-noising grid with a pixel histogram under each column.
 
     Args:
-      noisy: ``(S, N, H, W, C)`` noisy images x_t, in data units (e.g. [-1, 1]; not clipped), one
-        slice per timestep in ``timesteps``.
+      noisy: ``(S, N, H, W, C)`` noisy images x_t, in data units (not clipped), one slice per
+        timestep in ``timesteps``.
+      n: images (rows) to show.
+      value_range: the data's ``(black, white)`` values: ``(-1, 1)`` for images scaled to
+        [-1, 1] (MNIST here), ``(0, 1)`` for [0, 1] data (the 8x8 digits). Pixels outside it
+        (the noise) are clipped for display only; the histograms show the raw values.
     """
     x = np.asarray(noisy, np.float32)
     if x.ndim != 5 or len(timesteps) != x.shape[0]:
@@ -182,13 +193,16 @@ def plot_forward_process(path, noisy, timesteps: Sequence[int], *, n: int = 6) -
             f"noisy must be (S, N, H, W, C) with S = len(timesteps) = {len(timesteps)}, "
             f"got shape {x.shape}"
         )
+    lo, hi = (float(v) for v in value_range)
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
     s, n = x.shape[0], min(n, x.shape[1])
     fig = Figure(figsize=(1.5 * s, 1.4 * (n + 1.5)), dpi=120)
     gs = fig.add_gridspec(n + 2, s)
     for j in range(s):
         for i in range(n):
             ax = fig.add_subplot(gs[i, j])
-            _imshow(ax, _as_images((x[j, i : i + 1] + 1.0) / 2.0)[0])
+            _imshow(ax, _as_images((x[j, i : i + 1] - lo) / (hi - lo))[0])
             if i == 0:
                 ax.set_title(f"t={int(timesteps[j])}", fontsize=8)
         ax = fig.add_subplot(gs[n:, j])
@@ -275,7 +289,11 @@ def plot_schedules(path, schedules: Mapping[str, object]) -> Path:
 
 
 def plot_point_process(path, frames, timesteps: Sequence[int], *, title: str = "") -> Path:
-    """Scatter plots of a 2-D point cloud at several steps (``frames``: ``(S, N, 2)``)."""
+    """Scatter plots of a 2-D point cloud at several steps (``frames``: ``(S, N, 2)``).
+
+    Panels are titled ``t=<step>``; a negative step (a sampler's ``t_prev = -1`` after its last
+    step) is the clean output and is titled ``x0``.
+    """
     pts = np.asarray(frames, np.float32)
     if pts.ndim != 3 or pts.shape[-1] < 2 or pts.shape[0] != len(timesteps):
         raise ValueError(
@@ -292,7 +310,8 @@ def plot_point_process(path, frames, timesteps: Sequence[int], *, title: str = "
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"t={int(timesteps[j])}", fontsize=8)
+        t = int(timesteps[j])
+        ax.set_title(f"t={t}" if t >= 0 else "x0", fontsize=8)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

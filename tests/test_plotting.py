@@ -55,3 +55,36 @@ def test_bad_shapes():
         plotting.image_grid(np.full((1, 2, 2, 1), np.nan))
     with pytest.raises(ValueError, match="S = len"):
         plotting.plot_reverse_process("x.png", np.zeros((3, 2, 4, 4, 1)), [1, 2])
+
+
+@pytest.fixture
+def captured_figures(monkeypatch):
+    """The figures the plotting functions would save (nothing is written)."""
+    figures = []
+    monkeypatch.setattr(plotting, "_save", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+def test_forward_process_value_range(captured_figures, tmp_path):
+    """Images are drawn black to white over ``value_range``; outside it they clip."""
+    x = np.zeros((2, 3, 4, 4, 1), np.float32)
+    x[:, :, 0, 0] = 0.5  # mid-grey in [0, 1] data, 3/4 grey in [-1, 1] data
+    x[1] += 3.0  # "noise" beyond the range: clipped to white
+    for value_range, grey in (((0.0, 1.0), 0.5), ((-1.0, 1.0), 0.75)):
+        plotting.plot_forward_process(tmp_path / "f.png", x, [0, 500], value_range=value_range)
+        fig = captured_figures.pop()
+        shown = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+        assert len(shown) == 6  # 3 images x 2 timesteps, column by column
+        assert shown[0][0, 0] == pytest.approx(grey) and shown[0][1, 1] == pytest.approx(
+            -value_range[0] / (value_range[1] - value_range[0])
+        )
+        assert np.all(np.asarray(shown[3]) == 1.0)  # t=500 column: all clipped to white
+    with pytest.raises(ValueError, match=r"value_range must be \(low, high\) with high > low"):
+        plotting.plot_forward_process(tmp_path / "f.png", x, [0, 500], value_range=(1.0, 0.0))
+
+
+def test_point_process_titles_the_clean_output_x0(captured_figures, tmp_path):
+    frames = np.random.default_rng(0).normal(size=(3, 50, 2))
+    plotting.plot_point_process(tmp_path / "p.png", frames, [99, 50, -1])
+    titles = [ax.get_title() for ax in captured_figures.pop().axes]
+    assert titles == ["t=99", "t=50", "x0"]
