@@ -1,8 +1,9 @@
 """Sample quality of each sampler on one finished ``experiments.mnist`` run (same checkpoint).
 
-Restores the newest checkpoint of RUN (its config.json rebuilds the model), draws N samples per
-variant with the same key and prints the Frechet distance and classifier score of
-:func:`jaxdiff.metrics.evaluate_samples` (the cached MNIST classifier; its first use trains it).
+Restores the newest checkpoint of RUN, or the one of ``--step N`` (its config.json rebuilds the
+model), draws N samples per variant with the same key and prints the Frechet distance and
+classifier score of :func:`jaxdiff.metrics.evaluate_samples` (the cached MNIST classifier; its
+first use trains it).
 A variant is ``SAMPLER:STEPS:WEIGHTS`` with WEIGHTS ``ema`` or ``raw``.
 
 Run (from the repository root; the README's comparison, ~20 min on a 2-core CPU)::
@@ -38,6 +39,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cache-dir", default=None, help="evaluation cache (default ~/.cache)")
+    parser.add_argument(
+        "--step", type=int, default=None, help="checkpoint step to load (default: the newest)"
+    )
     args = parser.parse_args()
     if args.num_samples < 129:  # a covariance in the 128-d classifier feature space
         parser.error(f"--num-samples must be >= 129 (Frechet distance), got {args.num_samples}")
@@ -55,7 +59,7 @@ def main() -> None:
     tx = make_optimizer(train_config)
     target = jax.eval_shape(lambda p: init_train_state(p, tx, 0), params)
     with Checkpointer(Path(args.run) / "checkpoints", read_only=True) as ckpt:
-        state, _ = ckpt.restore(target)
+        state, _ = ckpt.restore(target, step=args.step)
     print(f"{args.run}: step {int(state.step)}, {args.num_samples} samples per variant")
     shape = (args.num_samples, config.image_size, config.image_size, 1)
     labels = np.arange(args.num_samples) % 10 if num_classes else None
