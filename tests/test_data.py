@@ -102,7 +102,7 @@ def test_mnist_resize_to_32(mnist_test, mnist_data_dir):
 
 
 def test_mnist_uses_env_var(mnist_data_dir, monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", mnist_data_dir)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(mnist_data_dir))
     images, _ = data.load_mnist("test", limit=3)
     assert images.shape == (3, 28, 28, 1)
 
