@@ -342,7 +342,9 @@ def jax_worker(args) -> dict:
         )
         _, params, apply = split_model(model)
         if args.flops:
-            result["model_flops"] = model_flops(apply, params, (args.batch or 32, 8, 8, 1), True)
+            result["model_flops"] = model_flops(
+                apply, params, (args.batch or config.batch_size, 8, 8, 1), True
+            )
         trainer = Trainer(
             apply,
             make_schedule(config.schedule, config.num_timesteps),

@@ -69,7 +69,7 @@ PROG = "python -m experiments.digits"
 CPU_STEPS_PER_SECOND = {"improved": 0.4, "small": 2.8, "tiny": 20.0}
 
 
-def unet_small_8x8(channels, image_size, num_classes=None, *, rngs):
+def unet_small_8x8(channels, image_size, num_classes=None, *, dtype=None, rngs):
     """0.6M parameters: two levels (32, 64 channels) at full 8x8 resolution, no attention."""
     return UNet(
         channels,
@@ -81,11 +81,12 @@ def unet_small_8x8(channels, image_size, num_classes=None, *, rngs):
         num_classes=num_classes,
         norm_groups=8,
         downsample=False,
+        dtype=dtype,
         rngs=rngs,
     )
 
 
-def unet_tiny_8x8(channels, image_size, num_classes=None, *, rngs):
+def unet_tiny_8x8(channels, image_size, num_classes=None, *, dtype=None, rngs):
     """One level of 8 channels (~10k parameters), for smoke tests: it compiles fast."""
     return UNet(
         channels,
@@ -98,6 +99,7 @@ def unet_tiny_8x8(channels, image_size, num_classes=None, *, rngs):
         num_classes=num_classes,
         norm_groups=4,
         downsample=False,
+        dtype=dtype,
         rngs=rngs,
     )
 
