@@ -10,6 +10,7 @@ Run (from the repository root)::
     python benchmarks/bench_train.py --model unet16 --batch 64 --k 1 5 --unroll 1 true
     python benchmarks/bench_train.py --model mlp --batch 512 --k 1 10 --unroll 1 true
     python benchmarks/bench_train.py --data device    # batches drawn on the device
+    python benchmarks/bench_train.py --model unet16 --batch 32 --conv-grad matmul xla
 
 ``--k`` and ``--unroll`` take several values and time every combination (``--unroll true``
 unrolls the scan fully; ``auto`` uses :func:`jaxdiff.train.default_scan_options`).
@@ -38,19 +39,19 @@ from jaxdiff.train import TrainConfig, Trainer, default_scan_options
 MODELS = ("unet_mnist_small", "unet_mnist", "unet16", "cnn", "mlp")
 
 
-def build_model(name: str):
-    """``(model, example shape)`` for one of :data:`MODELS`."""
+def build_model(name: str, fast_conv_grad: bool = True):
+    """``(model, example shape)`` for one of :data:`MODELS` (``fast_conv_grad``: U-Nets only)."""
     from jaxdiff import models
 
     rngs = nnx.Rngs(0)
     if name == "unet_mnist_small":
-        return models.unet_mnist_small(rngs=rngs), (28, 28, 1)
+        return models.unet_mnist_small(fast_conv_grad=fast_conv_grad, rngs=rngs), (28, 28, 1)
     if name == "unet_mnist":
-        return models.unet_mnist(rngs=rngs), (28, 28, 1)
+        return models.unet_mnist(fast_conv_grad=fast_conv_grad, rngs=rngs), (28, 28, 1)
     if name == "unet16":
         model = models.UNet(
             1, 28, base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
-            attention_resolutions=(7,), norm_groups=8, rngs=rngs,
+            attention_resolutions=(7,), norm_groups=8, fast_conv_grad=fast_conv_grad, rngs=rngs,
         )  # fmt: skip
         return model, (28, 28, 1)
     if name == "cnn":
@@ -71,17 +72,17 @@ def _unroll(text: str):
     return int(text)
 
 
-def bench(model_name, batch, k, unroll, steps, repeats, data_mode):
+def prepare(model_name, batch, k, unroll, data_mode, conv_grad):
+    """Build the trainer and run its first (compiling) call: ``(call, state, k, unroll, s)``."""
     from jaxdiff.models import split_model
 
-    model, shape = build_model(model_name)
+    model, shape = build_model(model_name, fast_conv_grad=conv_grad == "matmul")
     _, params, apply = split_model(model)
     config = TrainConfig(learning_rate=1e-4, steps_per_call=k, unroll=unroll)
     trainer = Trainer(apply, make_schedule("linear", num_steps=1000), config)
     k, unroll = trainer.steps_per_call, trainer.unroll
     rng = np.random.default_rng(0)
     state = trainer.init_state(params, 0)
-    calls = max(1, steps // k)
 
     if data_mode == "device":
         data = trainer.put_data({"x": rng.normal(size=(4 * batch, *shape)).astype(np.float32)})
@@ -107,24 +108,37 @@ def bench(model_name, batch, k, unroll, steps, repeats, data_mode):
     start = time.perf_counter()
     state, metrics = call(state)
     jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
+    return call, state, k, unroll, time.perf_counter() - start
 
-    per_step = []
+
+def bench(model_name, batch, k, unroll, steps, repeats, data_mode, conv_grads):
+    """Time each ``conv_grads`` variant, alternating between them repeat by repeat."""
+    runs = {}
+    for conv_grad in conv_grads:
+        call, state, k_, unroll_, compile_s = prepare(
+            model_name, batch, k, unroll, data_mode, conv_grad
+        )
+        runs[conv_grad] = dict(call=call, state=state, k=k_, unroll=unroll_,
+                               compile_s=compile_s, per_step=[], metrics=None)  # fmt: skip
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            state, metrics = call(state)
-        jax.block_until_ready(metrics)
-        per_step.append((time.perf_counter() - start) / (calls * k))
-    median = statistics.median(per_step)
-    loss = float(np.ravel(np.asarray(metrics["loss"]))[-1])
-    print(
-        f"{model_name:17s} batch={batch:4d} K={k:3d} unroll={unroll!s:5s} data={data_mode:6s} "
-        f"compile+first={compile_s:7.2f}s  step={median * 1e3:8.1f} ms  "
-        f"{batch / median:9.1f} examples/s  (min {min(per_step) * 1e3:.1f} ms, "
-        f"{repeats}x{calls * k} steps, loss {loss:.3f})",
-        flush=True,
-    )
+        for r in runs.values():
+            calls = max(1, steps // r["k"])
+            start = time.perf_counter()
+            for _ in range(calls):
+                r["state"], r["metrics"] = r["call"](r["state"])
+            jax.block_until_ready(r["metrics"])
+            r["per_step"].append((time.perf_counter() - start) / (calls * r["k"]))
+    for conv_grad, r in runs.items():
+        median = statistics.median(r["per_step"])
+        loss = float(np.ravel(np.asarray(r["metrics"]["loss"]))[-1])
+        print(
+            f"{model_name:17s} batch={batch:4d} K={r['k']:3d} unroll={r['unroll']!s:5s} "
+            f"data={data_mode:6s} conv-grad={conv_grad:6s} "
+            f"compile+first={r['compile_s']:7.2f}s  step={median * 1e3:8.1f} ms  "
+            f"{batch / median:9.1f} examples/s  (min {min(r['per_step']) * 1e3:.1f} ms, "
+            f"{repeats}x{max(1, steps // r['k']) * r['k']} steps, loss {loss:.3f})",
+            flush=True,
+        )
 
 
 def main(argv=None):
@@ -136,6 +150,11 @@ def main(argv=None):
     parser.add_argument("--k", type=int, nargs="+", default=[None])
     parser.add_argument("--unroll", type=_unroll, nargs="+", default=[None])
     parser.add_argument("--data", choices=("host", "device"), default="host")
+    parser.add_argument(
+        "--conv-grad", choices=("matmul", "xla"), nargs="+", default=["matmul"],
+        help="U-Net kernel gradients: matmul (jaxdiff.models.conv, the default) and/or xla; "
+        "several are timed alternately",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     print(
         f"backend={jax.default_backend()} devices={jax.device_count()} "
@@ -144,7 +163,8 @@ def main(argv=None):
     )
     for k in args.k:
         for unroll in args.unroll:
-            bench(args.model, args.batch, k, unroll, args.steps, args.repeats, args.data)
+            bench(args.model, args.batch, k, unroll, args.steps, args.repeats, args.data,
+                  args.conv_grad)  # fmt: skip
 
 
 if __name__ == "__main__":

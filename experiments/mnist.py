@@ -75,6 +75,7 @@ class Preset:
     warmup_steps: int
     lr_schedule: str
     ema_decay: float
+    loss_weighting: str
     sample_every: int
     checkpoint_every: int
     sampler: str
@@ -94,7 +95,21 @@ class Preset:
 # 94, same comparison; README.md), so both presets keep a constant rate after warm-up.
 PRESETS = {
     "cpu": Preset(
-        "cpu", "compact", 1200, 32, 1e-3, 100, "constant", 0.995, 300, 300, "ddpm", 25, 0.6, 250.0
+        "cpu",
+        "compact",
+        1200,
+        32,
+        1e-3,
+        100,
+        "constant",
+        0.995,
+        "simple",
+        300,
+        300,
+        "ddpm",
+        25,
+        0.6,
+        250.0,
     ),
     "gpu": Preset(
         "gpu",
@@ -105,6 +120,7 @@ PRESETS = {
         1000,
         "constant",
         0.9999,
+        "simple",
         5000,
         5000,
         "dpm++",
@@ -188,6 +204,10 @@ class MnistConfig:
         None, "after warm-up: constant, or cosine decay to 0 at --train-steps (preset: constant)"
     )
     ema_decay: float | None = field(None, "EMA decay, with warm-up (cpu 0.995, gpu 0.9999)")
+    loss_weighting: Literal["simple", "min_snr"] | None = field(
+        None, "timestep weighting of the loss: simple (L_simple) or min_snr (preset: simple)"
+    )
+    snr_gamma: float = field(5.0, "gamma of --loss-weighting min_snr (Hang et al. 2023)")
     image_size: int = field(28, "train on 28x28 or 32x32 (bilinear resize) images")
     num_timesteps: int = field(1000, "diffusion steps T")
     schedule: Literal["linear", "cosine", "quadratic", "sigmoid"] = field("linear", "beta schedule")
@@ -244,6 +264,8 @@ class MnistConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
+            raise ValueError(f"--snr-gamma must be > 0, got {self.snr_gamma}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
@@ -298,6 +320,7 @@ def resolve(config: MnistConfig, backend: str | None = None) -> tuple[MnistConfi
         "warmup_steps": p.warmup_steps,
         "lr_schedule": p.lr_schedule,
         "ema_decay": p.ema_decay,
+        "loss_weighting": p.loss_weighting,
         "sample_every": p.sample_every,
         "checkpoint_every": p.checkpoint_every,
     }
@@ -337,6 +360,8 @@ def build(
         total_steps=config.train_steps if config.lr_schedule == "cosine" else None,
         ema_decay=config.ema_decay,
         prediction=config.prediction,
+        loss_weighting=config.loss_weighting,
+        snr_gamma=config.snr_gamma,
         num_classes=num_classes,
         label_dropout=config.label_dropout if config.class_conditional else 0.0,
         steps_per_call=config.steps_per_call,

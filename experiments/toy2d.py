@@ -517,6 +517,12 @@ def _final_figures(out: Path, config, schedule, points, final, key) -> dict:
         {"data": points[:, view], f"samples ({config.sampler})": samples[:, view]},
         title=f"{config.dataset}: {samples.shape[0]} samples, EMA weights",
     )
+    if points.shape[1] == 3:  # the roll itself, which the (x, z) view flattens
+        plotting.plot_points_3d(
+            out / "samples_vs_data_3d.png",
+            {"data": points, f"samples ({config.sampler})": samples},
+            title=f"{config.dataset} in 3-D (first 5,000 points of each)",
+        )
 
     # Both schedules: the run's and its counterpart (default vs tutorial).
     this = schedule
@@ -582,6 +588,7 @@ def _schedule_name(config: Toy2dConfig) -> str:
 
 def _write_report(out: Path, config: Toy2dConfig, metrics: dict) -> None:
     skip = ("evaluation", "terminal", "schedule")
+    dim = jdata.POINT_DATASETS[config.dataset][0]
     abar = metrics["alphas_cumprod_last"]
     other = (
         f"{PROG} --out {config.out}-default"
@@ -629,7 +636,8 @@ samples match the data. The other setting runs with
         (
             "Samples",
             "![samples vs data](samples_vs_data.png)\n\n"
-            "![forward then reverse](forward_reverse.gif)",
+            + ("![samples vs data in 3-D](samples_vs_data_3d.png)\n\n" if dim == 3 else "")
+            + "![forward then reverse](forward_reverse.gif)",
         ),
         (
             "The schedule and alphas_cumprod[-1]",

@@ -1,7 +1,8 @@
 """Training losses and the variational bound.
 
 - :func:`sample_timesteps`: uniform or antithetic (``t`` paired with ``T-1-t``) timesteps.
-- :func:`denoising_loss`: L_simple (DDPM eq. 14), MSE on the eps, x0 or v target.
+- :func:`denoising_loss`: L_simple (DDPM eq. 14), MSE on the eps, x0 or v target, optionally
+  with the Min-SNR-gamma timestep weighting (:func:`loss_weight`).
 - :func:`normal_kl`, :func:`discretized_gaussian_log_likelihood`, :func:`vlb_terms`,
   :func:`prior_bpd`, :func:`bits_per_dim`: the variational bound of DDPM eq. 5 in bits/dim.
 
@@ -25,9 +26,11 @@ from jaxdiff.reverse import model_log_variance, q_posterior
 from jaxdiff.schedules import Schedule
 
 __all__ = [
+    "WEIGHTINGS",
     "bits_per_dim",
     "denoising_loss",
     "discretized_gaussian_log_likelihood",
+    "loss_weight",
     "normal_kl",
     "prior_bpd",
     "sample_timesteps",
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
+WEIGHTINGS = ("simple", "min_snr")
 
 
 def sample_timesteps(
@@ -56,6 +60,47 @@ def sample_timesteps(
     return jnp.concatenate([half, num_steps - 1 - half])[:batch_size]
 
 
+def loss_weight(
+    s: Schedule,
+    t: jax.Array,
+    prediction: str = "eps",
+    weighting: str = "simple",
+    gamma: float = 5.0,
+) -> jax.Array:
+    """Per-timestep weight of the denoising loss, ``(B,)`` for ``t (B,)``.
+
+    ``"simple"``: 1 (DDPM's L_simple). ``"min_snr"``: Min-SNR-gamma (Hang et al. 2023, eq. 8), which
+    weights every timestep as if the network predicted x0 with the weight
+    ``min(SNR(t), gamma)``, ``SNR(t) = alphas_cumprod[t] / (1 - alphas_cumprod[t])``. Since
+    ``||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2`` and ``||v - v_hat||^2 =
+    (SNR + 1) ||x0 - x0_hat||^2``, the weight on the MSE of each target is::
+
+        eps: min(SNR, gamma) / SNR      x0: min(SNR, gamma)      v: min(SNR, gamma) / (SNR + 1)
+
+    For eps this is 1 wherever SNR <= gamma and shrinks the nearly noise-free steps, whose
+    gradients conflict with the rest; the paper measured ~3.4x faster convergence with
+    gamma = 5.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be finite and > 0, got {gamma}")
+    t = check_timesteps(t, t, s.num_steps)
+    if weighting == "simple":
+        return jnp.ones(jnp.shape(t), jnp.float32)
+    # 1 / SNR = (1 - a) / a from the float64-computed sqrt(1/a - 1): 1 - a in float32 would
+    # lose most digits near t = 0, where a is within 1e-4 of 1.
+    inv_snr = jnp.square(s.sqrt_recipm1_alphas_cumprod[t])
+    if prediction == "eps":
+        return jnp.minimum(1.0, gamma * inv_snr)
+    clipped = jnp.minimum(1.0 / inv_snr, gamma)
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped * inv_snr / (1.0 + inv_snr)
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of 'eps', 'x0', 'v'")
+
+
 def denoising_loss(
     denoise_fn: DenoiseFn,
     s: Schedule,
@@ -64,8 +109,10 @@ def denoising_loss(
     *,
     prediction: str = "eps",
     antithetic: bool = False,
+    weighting: str = "simple",
+    snr_gamma: float = 5.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """L_simple (DDPM eq. 14): ``E_{t, eps} || target - denoise_fn(x_t, t) ||^2``.
+    """L_simple (DDPM eq. 14): ``E_{t, eps} w(t) || target - denoise_fn(x_t, t) ||^2``.
 
     Args:
       denoise_fn: ``(x_t (B, ...), t (B,)) -> prediction (B, ...)``.
@@ -74,10 +121,12 @@ def denoising_loss(
       key: PRNG key for the timesteps and the noise.
       prediction: what the network predicts: ``"eps"`` (default), ``"x0"`` or ``"v"``.
       antithetic: pair timesteps t and T-1-t (see :func:`sample_timesteps`).
+      weighting: ``"simple"`` (w = 1, DDPM's L_simple) or ``"min_snr"`` (see :func:`loss_weight`).
+      snr_gamma: gamma of the Min-SNR weighting.
 
     Returns:
-      ``(loss, aux)``: the scalar mean squared error over all elements, and
-      ``aux = {"t": (B,), "per_example": (B,)}``.
+      ``(loss, aux)``: the scalar mean over the batch of ``w(t)`` times the per-example mean
+      squared error, and ``aux = {"t": (B,), "per_example": (B,)}`` (the unweighted MSE).
     """
     x0 = as_float(x0, "x0")
     if x0.ndim < 1 or x0.shape[0] < 1:
@@ -87,10 +136,13 @@ def denoising_loss(
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = q_sample(s, x0, t, noise)
     target = prediction_target(s, x0, t, noise, prediction)
+    w = loss_weight(s, t, prediction, weighting, snr_gamma)  # checks its arguments first
     out = denoise_fn(x_t, t)
     check_same_shape(out, x0, "denoise_fn output", "x0")
     per_example = jnp.mean(jnp.square(out - target).reshape(x0.shape[0], -1), axis=1)
-    return jnp.mean(per_example), {"t": t, "per_example": per_example}
+    if weighting == "simple":  # L_simple: no multiplications by 1
+        return jnp.mean(per_example), {"t": t, "per_example": per_example}
+    return jnp.mean(w * per_example), {"t": t, "per_example": per_example}
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> jax.Array:

@@ -23,6 +23,7 @@ __all__ = [
     "plot_inpainting",
     "plot_loss_curves",
     "plot_point_process",
+    "plot_points_3d",
     "plot_reverse_process",
     "plot_samples_vs_real",
     "plot_schedules",
@@ -314,6 +315,43 @@ def plot_point_process(path, frames, timesteps: Sequence[int], *, title: str = "
         ax.set_title(f"t={t}" if t >= 0 else "x0", fontsize=8)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_points_3d(
+    path, panels: Mapping[str, np.ndarray], *, title: str = "", elev: float = 20.0,
+    azim: float = -60.0, max_points: int = 5000,
+) -> Path:  # fmt: skip
+    """3-D scatter plots side by side, one per named ``(N, 3)`` point set, shared limits.
+
+    For 3-D point clouds (the 3-D swiss roll), where a 2-D projection hides the roll. Points are
+    coloured by their second coordinate (the roll's height) and at most ``max_points`` of each
+    set (the first ones) are drawn.
+    """
+    sets = {name: np.asarray(p, np.float32)[:max_points] for name, p in panels.items()}
+    for name, p in sets.items():
+        if p.ndim != 2 or p.shape[1] != 3:
+            raise ValueError(f"panel {name!r} must be (N, 3) points, got shape {p.shape}")
+    if not sets:
+        raise ValueError("panels is empty: pass at least one named (N, 3) point set")
+    finite = [p[np.isfinite(p).all(1)] for p in sets.values()]
+    lim = max((float(np.percentile(np.abs(p), 99.5)) for p in finite if len(p)), default=1.0)
+    lim = lim * 1.1 or 1.0
+    fig = Figure(figsize=(3.6 * len(sets), 3.6), dpi=120)
+    for k, (name, p) in enumerate(sets.items()):
+        ax = fig.add_subplot(1, len(sets), k + 1, projection="3d")
+        ax.scatter(p[:, 0], p[:, 2], p[:, 1], c=p[:, 1], cmap="viridis", s=1, alpha=0.6,
+                   vmin=-lim, vmax=lim, depthshade=False)  # fmt: skip
+        for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
+            setter(-lim, lim)
+        ax.set_xlabel("x", fontsize=7)
+        ax.set_ylabel("z", fontsize=7)
+        ax.set_zlabel("y", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

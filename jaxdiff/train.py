@@ -35,7 +35,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxdiff.data import permutation_cache, take_batch_cached
-from jaxdiff.losses import denoising_loss
+from jaxdiff.losses import WEIGHTINGS, denoising_loss
 from jaxdiff.parameterization import PREDICTIONS
 from jaxdiff.schedules import Schedule
 from jaxdiff.sharding import (
@@ -110,6 +110,8 @@ class TrainConfig:
     Loss (:func:`jaxdiff.losses.denoising_loss`):
       prediction: network target ``"eps"`` (default), ``"x0"`` or ``"v"``.
       antithetic: pair timesteps t and T-1-t.
+      loss_weighting: ``"simple"`` (L_simple) or ``"min_snr"`` (Min-SNR-gamma, Hang et al. 2023;
+        :func:`jaxdiff.losses.loss_weight`), with ``snr_gamma`` (5 in the paper).
       num_classes: K for a class-conditional model (null label = K); ``None`` otherwise.
       label_dropout: probability of replacing a label by the null label (classifier-free
         guidance); needs ``num_classes``.
@@ -134,6 +136,8 @@ class TrainConfig:
     ema_warmup: bool = True
     prediction: str = "eps"
     antithetic: bool = False
+    loss_weighting: str = "simple"
+    snr_gamma: float = 5.0
     num_classes: int | None = None
     label_dropout: float = 0.0
     steps_per_call: int | None = None
@@ -183,6 +187,12 @@ class TrainConfig:
             raise ValueError(
                 f"unknown prediction {self.prediction!r}; choose one of {tuple(PREDICTIONS)}."
             )
+        if self.loss_weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"unknown loss_weighting {self.loss_weighting!r}; choose one of {WEIGHTINGS}."
+            )
+        if not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
+            raise ValueError(f"snr_gamma must be finite and > 0; got {self.snr_gamma}.")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None; got {self.num_classes}.")
         if not 0 <= self.label_dropout <= 1:
@@ -423,6 +433,8 @@ def make_train_step(
                 loss_key,
                 prediction=config.prediction,
                 antithetic=config.antithetic,
+                weighting=config.loss_weighting,
+                snr_gamma=config.snr_gamma,
             )
             return loss
 

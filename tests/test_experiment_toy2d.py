@@ -85,6 +85,7 @@ def test_toy2d_3d_swiss_roll_with_the_tutorial_schedule(tmp_path):
     assert config["beta_end"] == 5e-3 and config["num_timesteps"] == 100
     report = (out / "report.md").read_text()
     assert "(tutorial schedule)" in report and "biased by construction" in report
+    assert (out / "samples_vs_data_3d.png").is_file() and "samples_vs_data_3d.png" in report
 
 
 def test_host_batches_are_a_function_of_the_step():

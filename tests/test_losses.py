@@ -13,6 +13,7 @@ from jaxdiff import (
     denoising_loss,
     discretized_gaussian_log_likelihood,
     eps_from_x0,
+    loss_weight,
     make_schedule,
     normal_kl,
     prior_bpd,
@@ -54,6 +55,47 @@ def test_denoising_loss_targets():
         denoising_loss(zero, s, x0, key, prediction="score")
     with pytest.raises(ValueError, match="denoise_fn output and x0 must have the same shape"):
         denoising_loss(lambda x_t, t: x_t[:, :1], s, x0, key)
+
+
+def test_min_snr_weighting_is_the_same_loss_in_every_parameterisation():
+    """Min-SNR-gamma (Hang et al. 2023): whatever the network predicts, the weighted loss is
+    ``min(SNR, gamma) ||x0 - x0_hat||^2`` for the same underlying denoiser.
+
+    For one denoiser with eps error d: ``x0 - x0_hat = -d / sqrt(SNR)`` and ``v - v_hat =
+    d / sqrt(a)`` (a = alphas_cumprod), so the squared errors are ``|d|^2 / SNR`` and
+    ``|d|^2 / a``; the references are float64 from the betas, the weights float32.
+    """
+    s = make_schedule("linear", 1000)
+    t = np.array([0, 10, 100, 300, 700, 999])
+    a = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t]
+    snr = a / (1 - a)
+    mse_eps = np.linspace(0.5, 2.0, 6)
+    expected = np.minimum(snr, 5.0) * mse_eps / snr
+    for prediction, mse in (("eps", mse_eps), ("x0", mse_eps / snr), ("v", mse_eps / a)):
+        w = np.asarray(loss_weight(s, jnp.asarray(t), prediction, "min_snr", 5.0), np.float64)
+        np.testing.assert_allclose(w * mse, expected, rtol=1e-5)
+    w_eps = np.asarray(loss_weight(s, jnp.asarray(t), "eps", "min_snr", 5.0))
+    np.testing.assert_array_equal(w_eps[snr <= 5], 1.0)  # only the nearly clean steps shrink
+    assert np.all(w_eps[snr > 5] < 1)
+    np.testing.assert_array_equal(loss_weight(s, jnp.asarray(t), "v", "simple"), 1.0)
+
+
+def test_denoising_loss_weighting():
+    s = make_schedule("cosine", 100)
+    x0 = jax.random.normal(jax.random.key(0), (64, 2))
+    key = jax.random.key(1)
+    zero = lambda x_t, t: jnp.zeros_like(x_t)
+    plain, aux = denoising_loss(zero, s, x0, key)
+    assert float(plain) == float(jnp.mean(aux["per_example"]))
+    weighted, aux_w = denoising_loss(zero, s, x0, key, weighting="min_snr", snr_gamma=2.0)
+    np.testing.assert_array_equal(aux_w["per_example"], aux["per_example"])  # unweighted
+    w = loss_weight(s, aux["t"], "eps", "min_snr", 2.0)
+    assert float(weighted) == pytest.approx(float(jnp.mean(w * aux["per_example"])), rel=1e-6)
+    assert float(weighted) < float(plain)
+    with pytest.raises(ValueError, match="unknown weighting 'snr'; choose one of"):
+        denoising_loss(zero, s, x0, key, weighting="snr")
+    with pytest.raises(ValueError, match="gamma must be finite and > 0, got 0"):
+        denoising_loss(zero, s, x0, key, weighting="min_snr", snr_gamma=0)
 
 
 def test_normal_kl_closed_form():

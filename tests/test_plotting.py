@@ -88,3 +88,20 @@ def test_point_process_titles_the_clean_output_x0(captured_figures, tmp_path):
     plotting.plot_point_process(tmp_path / "p.png", frames, [99, 50, -1])
     titles = [ax.get_title() for ax in captured_figures.pop().axes]
     assert titles == ["t=99", "t=50", "x0"]
+
+
+def test_points_3d(captured_figures, tmp_path):
+    """One 3-D axis per named set, the data drawn as (x, z, y) with y (the roll's height) up."""
+    rng = np.random.default_rng(0)
+    data, samples = rng.normal(size=(300, 3)), rng.normal(size=(200, 3))
+    plotting.plot_points_3d(tmp_path / "p.png", {"data": data, "samples": samples}, max_points=100)
+    axes = captured_figures.pop().axes
+    assert [ax.name for ax in axes] == ["3d", "3d"]
+    assert [ax.get_title() for ax in axes] == ["data", "samples"]
+    xs, zs, ys = axes[0].collections[0]._offsets3d
+    assert len(xs) == 100  # the first max_points points
+    np.testing.assert_allclose(np.asarray(xs), data[:100, 0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ys), data[:100, 1], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(zs), data[:100, 2], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"panel 'flat' must be \(N, 3\) points"):
+        plotting.plot_points_3d(tmp_path / "p.png", {"flat": data[:, :2]})

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models import conv as _conv_lib
 from jaxdiff.models.apply import (
     check_images,
     check_labels,
@@ -51,6 +52,13 @@ __all__ = [
     "unet_mnist",
     "unet_mnist_small",
 ]
+
+
+def _make_conv(cin: int, cout: int, kernel: tuple[int, int], *, fast_conv_grad: bool, **kw):
+    """``nnx.Conv`` computing its kernel gradient with matmuls on CPU (:mod:`.conv`) if asked."""
+    if fast_conv_grad:
+        kw["conv_general_dilated"] = _conv_lib.conv_general_dilated
+    return nnx.Conv(cin, cout, kernel, **kw)
 
 
 class ResBlock(nnx.Module):
@@ -74,17 +82,19 @@ class ResBlock(nnx.Module):
         norm_groups: int,
         dropout: float = 0.0,
         dtype: jnp.dtype | None = None,
+        fast_conv_grad: bool = True,
         rngs: nnx.Rngs,
     ):
         self.dropout = dropout
         kw = dict(dtype=dtype, rngs=rngs)
+        ckw = dict(kw, fast_conv_grad=fast_conv_grad)
         self.norm1 = nnx.GroupNorm(in_channels, num_groups=norm_groups, **kw)
-        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), padding="SAME", **kw)
+        self.conv1 = _make_conv(in_channels, out_channels, (3, 3), padding="SAME", **ckw)
         self.time_proj = nnx.Linear(time_dim, out_channels, **kw)
         self.norm2 = nnx.GroupNorm(out_channels, num_groups=norm_groups, **kw)
-        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), padding="SAME", **kw)
+        self.conv2 = _make_conv(out_channels, out_channels, (3, 3), padding="SAME", **ckw)
         self.skip = (
-            nnx.Conv(in_channels, out_channels, (1, 1), **kw)
+            _make_conv(in_channels, out_channels, (1, 1), **ckw)
             if in_channels != out_channels
             else None
         )
@@ -137,14 +147,22 @@ class AttentionBlock(nnx.Module):
 class Downsample(nnx.Module):
     """Stride-2 3x3 conv with padding 1: ``(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C)``."""
 
-    def __init__(self, channels: int, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(
+    def __init__(
+        self,
+        channels: int,
+        *,
+        dtype: jnp.dtype | None = None,
+        fast_conv_grad: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = _make_conv(
             channels,
             channels,
             (3, 3),
             strides=(2, 2),
             padding=((1, 1), (1, 1)),
             dtype=dtype,
+            fast_conv_grad=fast_conv_grad,
             rngs=rngs,
         )
 
@@ -160,8 +178,18 @@ class Upsample(nnx.Module):
     source pixel, so the output always matches the skip connection's shape exactly.
     """
 
-    def __init__(self, channels: int, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(channels, channels, (3, 3), padding="SAME", dtype=dtype, rngs=rngs)
+    def __init__(
+        self,
+        channels: int,
+        *,
+        dtype: jnp.dtype | None = None,
+        fast_conv_grad: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = _make_conv(
+            channels, channels, (3, 3), padding="SAME", dtype=dtype,
+            fast_conv_grad=fast_conv_grad, rngs=rngs,
+        )  # fmt: skip
 
     def __call__(self, x: jax.Array, size: tuple[int, int]) -> jax.Array:
         b, _, _, c = x.shape
@@ -244,6 +272,11 @@ class UNet(nnx.Module):
         optimiser state and EMA are float32), GroupNorm statistics and the attention
         softmax are computed in float32, and the output is cast back to ``x``'s dtype.
         ``None`` (default): compute in the dtype of the inputs (float32).
+      fast_conv_grad: compute the convolutions' kernel gradients as matrix products on
+        CPU (:mod:`jaxdiff.models.conv`; ~20% faster training steps on XLA:CPU, the same
+        forward pass and gradients up to float32 summation order; other backends keep
+        XLA's). It makes the convolutions ``jax.custom_vjp`` functions, so forward-mode
+        autodiff (``jax.jvp``, ``jax.hessian``) needs ``fast_conv_grad=False``.
       rngs: ``nnx.Rngs`` used for initialisation.
 
     Parameter counts of the presets: :func:`unet_mnist_small` 1,112,801 /
@@ -273,6 +306,7 @@ class UNet(nnx.Module):
         num_heads: int = 1,
         downsample: bool = True,
         dtype: jnp.dtype | None = None,
+        fast_conv_grad: bool = True,
         rngs: nnx.Rngs,
     ):
         channel_mults = tuple(int(m) for m in channel_mults)
@@ -389,15 +423,16 @@ class UNet(nnx.Module):
         self.dtype = dtype
         time_dim = 4 * base_channels
         kw = dict(dtype=dtype, rngs=rngs)
+        ckw = dict(kw, fast_conv_grad=fast_conv_grad)
         self.time_in = nnx.Linear(base_channels, time_dim, **kw)
         self.time_out = nnx.Linear(time_dim, time_dim, **kw)
         self.label_embed = (
             nnx.Embed(num_classes + 1, time_dim, **kw) if num_classes is not None else None
         )
-        self.conv_in = nnx.Conv(channels, base_channels, (3, 3), padding="SAME", **kw)
+        self.conv_in = _make_conv(channels, base_channels, (3, 3), padding="SAME", **ckw)
 
         def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, time_dim, norm_groups=norm_groups, dropout=dropout, **kw)
+            return ResBlock(cin, cout, time_dim, norm_groups=norm_groups, dropout=dropout, **ckw)
 
         def attn(c: int) -> AttentionBlock:
             return AttentionBlock(c, num_heads=num_heads, norm_groups=norm_groups, **kw)
@@ -405,7 +440,7 @@ class UNet(nnx.Module):
         down_levels = []
         for i, blocks in enumerate(down_plan):
             last = i == num_levels - 1
-            resample = Downsample(chs[i], **kw) if downsample and not last else None
+            resample = Downsample(chs[i], **ckw) if downsample and not last else None
             down_levels.append(
                 _Level(
                     [res(cin, cout) for cin, cout in blocks],
@@ -421,7 +456,7 @@ class UNet(nnx.Module):
         up_levels = []
         for k, blocks in enumerate(up_plan):
             i = num_levels - 1 - k
-            resample = Upsample(chs[i], **kw) if downsample and i != 0 else None
+            resample = Upsample(chs[i], **ckw) if downsample and i != 0 else None
             up_levels.append(
                 _Level(
                     [res(cin, cout) for cin, cout in blocks],
@@ -432,8 +467,8 @@ class UNet(nnx.Module):
             )
         self.up = nnx.List(up_levels)  # lowest resolution first
         self.out_norm = nnx.GroupNorm(ch, num_groups=norm_groups, **kw)
-        self.out_conv = nnx.Conv(
-            ch, channels, (3, 3), padding="SAME", kernel_init=nnx.initializers.zeros_init(), **kw
+        self.out_conv = _make_conv(
+            ch, channels, (3, 3), padding="SAME", kernel_init=nnx.initializers.zeros_init(), **ckw
         )
 
     def __call__(
@@ -503,6 +538,7 @@ def unet_mnist_small(
     *,
     dropout: float = 0.0,
     dtype: jnp.dtype | None = None,
+    fast_conv_grad: bool = True,
     rngs: nnx.Rngs,
 ) -> UNet:
     """Fast CPU U-Net for MNIST: base 32, mults (1, 2, 2), 1 res block, 8 norm groups.
@@ -523,6 +559,7 @@ def unet_mnist_small(
         num_classes=num_classes,
         norm_groups=8,
         dtype=dtype,
+        fast_conv_grad=fast_conv_grad,
         rngs=rngs,
     )
 
@@ -534,6 +571,7 @@ def unet_mnist(
     *,
     dropout: float = 0.1,
     dtype: jnp.dtype | None = None,
+    fast_conv_grad: bool = True,
     rngs: nnx.Rngs,
 ) -> UNet:
     """Full-quality MNIST U-Net (GPU default): base 64, mults (1, 2, 2), 2 res blocks.
@@ -555,6 +593,7 @@ def unet_mnist(
         num_classes=num_classes,
         norm_groups=32,
         dtype=dtype,
+        fast_conv_grad=fast_conv_grad,
         rngs=rngs,
     )
 
@@ -565,6 +604,7 @@ def improved_denoiser_8x8(
     num_classes: int | None = None,
     *,
     dtype: jnp.dtype | None = None,
+    fast_conv_grad: bool = True,
     rngs: nnx.Rngs,
 ) -> UNet:
     """The 8x8-digits tutorial's "improved denoiser" as a U-Net without down-sampling.
@@ -586,5 +626,6 @@ def improved_denoiser_8x8(
         norm_groups=8,
         downsample=False,
         dtype=dtype,
+        fast_conv_grad=fast_conv_grad,
         rngs=rngs,
     )
