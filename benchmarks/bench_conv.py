@@ -48,7 +48,8 @@ def _torch_bwd(m, x):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="calls per timing")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timings (median)")
     args = parser.parse_args()
     b, n = args.batch, args.repeats
 
@@ -66,20 +67,34 @@ def main() -> None:
     lax_dw, fast_dw = grads(jax.lax.conv_general_dilated, 1), grads(conv_general_dilated, 1)
     print(
         f"batch {b}, jax {jax.__version__}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); ms per call; dW: forward + kernel gradient"
+        f"({torch.get_num_threads()} threads); ms per call, median of {args.rounds} "
+        "interleaved rounds; dW: forward + kernel gradient"
     )
     for side, c in SHAPES:
         rng = np.random.default_rng(0)
         x = jax.numpy.asarray(rng.standard_normal((b, side, side, c), np.float32))
         w = jax.numpy.asarray(0.1 * rng.standard_normal((3, 3, c, c), np.float32))
-        ms = {}
-        for name, fn in (("fwd", fwd), ("lax", lax_grad), ("jaxdiff", fast_grad),
-                         ("lax dW", lax_dw), ("jaxdiff dW", fast_dw)):  # fmt: skip
-            ms[name] = _time(lambda x, w, fn=fn: jax.block_until_ready(fn(x, w)), n, x, w)
         xt = torch.randn(b, c, side, side, requires_grad=True)
         m = torch.nn.Conv2d(c, c, 3, padding=1)
-        tf = _time(_torch_fwd, n, m, xt)
-        tb = _time(_torch_bwd, n, m, xt)
+        fns = {
+            "fwd": lambda x, w: jax.block_until_ready(fwd(x, w)),
+            "lax": lambda x, w: jax.block_until_ready(lax_grad(x, w)),
+            "jaxdiff": lambda x, w: jax.block_until_ready(fast_grad(x, w)),
+            "lax dW": lambda x, w: jax.block_until_ready(lax_dw(x, w)),
+            "jaxdiff dW": lambda x, w: jax.block_until_ready(fast_dw(x, w)),
+            "torch fwd": lambda x, w, m=m, xt=xt: _torch_fwd(m, xt),
+            "torch": lambda x, w, m=m, xt=xt: _torch_bwd(m, xt),
+        }
+        times = {name: [] for name in fns}
+        # Interleaved rounds (the machine's speed drifts), jax's variants first and then
+        # PyTorch's: its OpenMP threads spin for a while after each call and would slow down
+        # whatever ran next.
+        for group in ([k for k in fns if not k.startswith("torch")], ["torch fwd", "torch"]):
+            for _ in range(args.rounds):
+                for name in group:
+                    times[name].append(_time(fns[name], n, x, w))
+        ms = {name: float(np.median(t)) for name, t in times.items()}
+        tf, tb = ms["torch fwd"], ms["torch"]
         print(
             f"{side:2d}x{side:<2d} C={c:2d}: jax fwd {ms['fwd']:6.2f} | fwd+bwd lax "
             f"{ms['lax']:6.2f} jaxdiff {ms['jaxdiff']:6.2f} | dW lax {ms['lax dW']:6.2f} "

@@ -125,6 +125,13 @@ def test_presets_resolve_per_backend():
     assert gpu.preset == "gpu" and gpu.model == "full"
     assert (cpu.sampler, cpu.sample_steps) == ("ddpm", 25)
     assert (gpu.sampler, gpu.sample_steps) == ("dpm++", 20)
+    assert (cpu.schedule, cpu.loss_weighting) == ("cosine", "min_snr")
+    assert (gpu.schedule, gpu.loss_weighting) == ("linear", "simple")
+    # the weighting reaches the loss; a schedule on the command line wins over the preset
+    mine, _ = mnist.resolve(mnist.MnistConfig(schedule="linear", snr_gamma=2.0), backend="cpu")
+    _, _, schedule, train_config = mnist.build(mine, abstract=True)
+    assert schedule.kind == "linear" and mine.loss_weighting == "min_snr"
+    assert (train_config.loss_weighting, train_config.snr_gamma) == ("min_snr", 2.0)
     # A sampler named on the command line keeps its own default steps, or the ones given.
     ddim, _ = mnist.resolve(mnist.MnistConfig(sampler="ddim"), backend="cpu")
     assert (ddim.sampler, ddim.sample_steps) == ("ddim", None)
@@ -146,6 +153,6 @@ def test_lr_schedule_flag_reaches_the_optimiser():
     *_, train_config = mnist.build(config, abstract=True)
     assert (train_config.lr_schedule, train_config.total_steps) == ("cosine", 200)
     lr = make_lr_schedule(train_config)
-    assert float(lr(9)) == pytest.approx(1e-3)  # end of warm-up: the peak
-    assert float(lr(105)) == pytest.approx(0.5e-3, rel=1e-2)  # half-way through the decay
+    assert float(lr(9)) == pytest.approx(2e-3)  # end of warm-up: the peak
+    assert float(lr(105)) == pytest.approx(1e-3, rel=1e-2)  # half-way through the decay
     assert float(lr(199)) < 1e-6

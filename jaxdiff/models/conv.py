@@ -13,9 +13,12 @@ where ``X_ij[b, p, q] = x_pad[b, p*s + i*d, q*s + j*d]`` (stride s, kernel dilat
 :func:`conv_general_dilated` computes the forward pass and the input gradient exactly as
 ``lax.conv_general_dilated`` does and, on CPU, the kernel gradient with these products
 (``lax.platform_dependent``: GPUs and TPUs keep XLA's own, which cuDNN and the TPU compiler run
-well). Measured on the project's 2-core CPU, batch 32, 3x3 kernels: the kernel gradient
-1.6-2.2x faster at 14x14 and 28x28 and the whole training step of the CPU MNIST U-Net ~20%
-faster (``benchmarks/RESULTS.md``). The gradients equal XLA's up to float32 summation order
+well). Measured on the project's 2-core CPU (``benchmarks/bench_conv.py``, batch 32, 3x3,
+forward + both gradients): 9.6 -> 7.0 ms at 28x28x16 and 9.1 -> 6.0 ms at 14x14x32, the same at
+7x7x32, but 29 -> 36 ms at 28x28x32, where the strided copies of the input windows cost more
+than they save. Whole training steps (``benchmarks/bench_train.py --conv-grad matmul xla``):
+the CPU MNIST U-Net (base 16) 308 -> 255 ms and ``unet_mnist_small`` (base 32) 891 -> 653 ms at
+batch 32 (``benchmarks/RESULTS.md``). The gradients equal XLA's up to float32 summation order
 (relative error ~1e-6, ``tests/test_conv.py``).
 
 It is a ``jax.custom_vjp``: reverse-mode autodiff (``jax.grad``, ``jax.vjp``) works, under
