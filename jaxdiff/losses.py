@@ -69,7 +69,7 @@ def loss_weight(
 ) -> jax.Array:
     """Per-timestep weight of the denoising loss, ``(B,)`` for ``t (B,)``.
 
-    ``"simple"``: 1 (DDPM's L_simple). ``"min_snr"``: Min-SNR-gamma (Hang et al. 2023, eq. 8), which
+    ``"simple"``: 1 (DDPM's L_simple). ``"min_snr"``: Min-SNR-gamma (Hang et al. 2023), which
     weights every timestep as if the network predicted x0 with the weight
     ``min(SNR(t), gamma)``, ``SNR(t) = alphas_cumprod[t] / (1 - alphas_cumprod[t])``. Since
     ``||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2`` and ``||v - v_hat||^2 =

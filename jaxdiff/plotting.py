@@ -319,14 +319,15 @@ def plot_point_process(path, frames, timesteps: Sequence[int], *, title: str = "
 
 
 def plot_points_3d(
-    path, panels: Mapping[str, np.ndarray], *, title: str = "", elev: float = 20.0,
+    path, panels: Mapping[str, np.ndarray], *, title: str = "", elev: float = 35.0,
     azim: float = -60.0, max_points: int = 5000,
 ) -> Path:  # fmt: skip
     """3-D scatter plots side by side, one per named ``(N, 3)`` point set, shared limits.
 
-    For 3-D point clouds (the 3-D swiss roll), where a 2-D projection hides the roll. Points are
-    coloured by their second coordinate (the roll's height) and at most ``max_points`` of each
-    set (the first ones) are drawn.
+    For 3-D point clouds (the 3-D swiss roll), where a 2-D projection hides the roll. The second
+    coordinate y points up; points are coloured by their distance from the y axis,
+    ``sqrt(x^2 + z^2)``, which tells the arms of a roll around that axis apart. At most
+    ``max_points`` of each set (the first ones) are drawn.
     """
     sets = {name: np.asarray(p, np.float32)[:max_points] for name, p in panels.items()}
     for name, p in sets.items():
@@ -334,16 +335,22 @@ def plot_points_3d(
             raise ValueError(f"panel {name!r} must be (N, 3) points, got shape {p.shape}")
     if not sets:
         raise ValueError("panels is empty: pass at least one named (N, 3) point set")
-    finite = [p[np.isfinite(p).all(1)] for p in sets.values()]
-    lim = max((float(np.percentile(np.abs(p), 99.5)) for p in finite if len(p)), default=1.0)
-    lim = lim * 1.1 or 1.0
-    fig = Figure(figsize=(3.6 * len(sets), 3.6), dpi=120)
+    finite = np.concatenate([p[np.isfinite(p).all(1)] for p in sets.values()])
+    if len(finite):
+        lo, hi = np.percentile(finite, 0.5, axis=0), np.percentile(finite, 99.5, axis=0)
+    else:
+        lo, hi = -np.ones(3), np.ones(3)
+    pad = 0.05 * np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad, hi + pad
+    r_max = float(np.hypot(np.abs(lo[[0, 2]]).max(), np.abs(hi[[0, 2]]).max())) or 1.0
+    fig = Figure(figsize=(4.2 * len(sets), 4.0), dpi=120)
     for k, (name, p) in enumerate(sets.items()):
         ax = fig.add_subplot(1, len(sets), k + 1, projection="3d")
-        ax.scatter(p[:, 0], p[:, 2], p[:, 1], c=p[:, 1], cmap="viridis", s=1, alpha=0.6,
-                   vmin=-lim, vmax=lim, depthshade=False)  # fmt: skip
-        for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
-            setter(-lim, lim)
+        ax.scatter(p[:, 0], p[:, 2], p[:, 1], c=np.hypot(p[:, 0], p[:, 2]), cmap="viridis",
+                   vmin=0.0, vmax=r_max, s=1, alpha=0.6, depthshade=False)  # fmt: skip
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[2], hi[2])
+        ax.set_zlim(lo[1], hi[1])
         ax.set_xlabel("x", fontsize=7)
         ax.set_ylabel("z", fontsize=7)
         ax.set_zlabel("y", fontsize=7)

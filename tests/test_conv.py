@@ -131,7 +131,7 @@ def test_vmap_and_bfloat16():
 
 
 def test_other_convolutions_fall_back_to_lax():
-    """Grouped, input-dilated or non-NHWC convolutions are lax's, forward-mode AD included."""
+    """Grouped, negatively padded or non-NHWC convolutions are lax's, forward-mode included."""
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32)
@@ -141,6 +141,11 @@ def test_other_convolutions_fall_back_to_lax():
         grouped(conv_general_dilated, w), grouped(lax.conv_general_dilated, w)
     )
     jax.jvp(lambda w: grouped(conv_general_dilated, w), (w,), (w,))  # not a custom_vjp here
+    cropped = lambda conv, w: conv(x, w, (1, 1), ((-1, 1), (0, 0)), dimension_numbers=NHWC)
+    np.testing.assert_array_equal(
+        cropped(conv_general_dilated, w[:, :, :2].repeat(2, 2)),
+        cropped(lax.conv_general_dilated, w[:, :, :2].repeat(2, 2)),
+    )
     nchw = jnp.transpose(x, (0, 3, 1, 2))
     k = jnp.transpose(w[:, :, :, :2].repeat(2, 2), (3, 2, 0, 1))
     np.testing.assert_array_equal(

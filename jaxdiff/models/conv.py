@@ -159,10 +159,10 @@ def conv_general_dilated(
 
     Same signature and result as ``lax.conv_general_dilated``. 2-D convolutions with NHWC
     inputs and HWIO kernels (what ``flax.nnx.Conv`` passes), no input dilation, no feature or
-    batch groups, no ``preferred_element_type`` and no extra keyword arguments (such as
-    ``out_sharding``) take the fast path; everything else calls ``lax.conv_general_dilated``
-    unchanged. Shapes: ``lhs (B, H, W, C_in)``, ``rhs (kh, kw, C_in, C_out)`` ->
-    ``(B, P, Q, C_out)``.
+    batch groups, no negative padding, no ``preferred_element_type`` and no extra keyword
+    arguments (such as ``out_sharding``) take the fast path; everything else calls
+    ``lax.conv_general_dilated`` unchanged. Shapes: ``lhs (B, H, W, C_in)``,
+    ``rhs (kh, kw, C_in, C_out)`` -> ``(B, P, Q, C_out)``.
     """
     fast = (
         _is_nhwc(dimension_numbers, jnp.ndim(lhs))
@@ -173,27 +173,29 @@ def conv_general_dilated(
         and preferred_element_type is None
         and all(v is None for v in kwargs.values())
     )
-    if not fast:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            **kwargs,
-        )
-    strides = tuple(int(s) for s in window_strides)
-    dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
-    if isinstance(padding, str):
-        effective = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
-        pads = lax.padtype_to_pads(lhs.shape[1:3], effective, strides, padding)
-    else:
-        pads = padding
-    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return _fast_conv(lhs, rhs, strides, pads, dilation, precision)
+    if fast:
+        strides = tuple(int(s) for s in window_strides)
+        dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
+        if isinstance(padding, str):
+            effective = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
+            pads = lax.padtype_to_pads(lhs.shape[1:3], effective, strides, padding)
+        else:
+            pads = padding
+        pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        fast = min(min(p) for p in pads) >= 0  # negative padding (cropping): lax's path
+    if fast:
+        return _fast_conv(lhs, rhs, strides, pads, dilation, precision)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        **kwargs,
+    )
