@@ -15,10 +15,12 @@ parameters (decay 0.995 with warm-up, matched to the run length; DESIGN.md) and 
 with 20 steps (``--sampler ddpm`` for the tutorial's 1000 ancestral steps).
 
 The improved denoiser runs every layer at the full 8x8 resolution with up to 256 channels,
-about 1.2 GFLOP per image: a GPU model. Measured on this project's shared 2-core CPU it trains
-at 0.37-0.43 steps/s and samples 250 images (20 steps) in about a minute, so the default run
-takes about 2 hours there. ``--model small`` (0.6M parameters, 2.8 steps/s) ran the whole
-recipe in 20 minutes there, to a Frechet distance of 34 (real digits 6.5, noise 389).
+about 1.2 GFLOP per image: a GPU model. On this project's 2-core CPU the whole default run
+took 71.8 min on 2026-12-01 (training 0.71 steps/s, 1,000 samples in 5.1 min; Frechet distance
+22.3), and training ran at 0.37-0.43 steps/s before the matmul kernel gradients of
+:mod:`jaxdiff.models.conv`, on a slower day of the same machine. ``--model small`` (0.6M
+parameters, 2.8 steps/s) ran the whole recipe in 20 minutes there, to a Frechet distance of 34
+(real digits 6.5, noise 389).
 
 Outputs in ``--out`` (the DESIGN.md contract): config.json, metrics.jsonl (one record per
 training step), metrics.json (final numbers and the Frechet distance etc. in the feature space
@@ -65,8 +67,10 @@ from jaxdiff.train import TrainConfig, Trainer, eval_params
 PROG = "python -m experiments.digits"
 
 #: Measured training speed (steps/s, batch 32) on this project's shared 2-core CPU, for the
-#: printed duration estimate; jax 0.10.2, default steps per call.
-CPU_STEPS_PER_SECOND = {"improved": 0.4, "small": 2.8, "tiny": 20.0}
+#: printed duration estimate; jax 0.10.2, default steps per call. "improved": 0.71 measured on
+#: 2026-12-01 for the whole default run (with the matmul kernel gradients of
+#: jaxdiff.models.conv; 0.4 on 2026-11-23 before them, on a slower day of the same machine).
+CPU_STEPS_PER_SECOND = {"improved": 0.7, "small": 2.8, "tiny": 20.0}
 
 
 def unet_small_8x8(channels, image_size, num_classes=None, *, dtype=None, rngs):
