@@ -33,9 +33,11 @@ experiments' defaults):
 - ``digits``: ``experiments.digits`` (improved_denoiser_8x8, 9.2M parameters, batch 32, linear
   T=1000, AdamW 2e-4 wd 0.01, clip 1, EMA 0.995) on sklearn's digits.
 - ``mnist``: ``experiments.mnist`` preset "cpu" (unet_compact, 0.28M parameters, batch 32,
-  Adam 1e-3 with 100 warm-up steps, clip 1, EMA 0.995) on 60,000 random 28x28x1 images (the
-  step costs the same on any values; both sides hold the set in memory on the device), plus
-  DDPM sampling with ``--sample-batch`` images.
+  100 warm-up steps, clip 1, EMA 0.995; PyTorch with the tutorial recipe the preset started
+  from, linear schedule and Adam 1e-3, jaxdiff with the preset's cosine schedule and lr 2e-3;
+  both train with L_simple: the preset's Min-SNR weighting is one scalar per example and costs
+  the same) on 60,000 random 28x28x1 images (the step costs the same on any values; both sides
+  hold the set in memory on the device), plus DDPM sampling with ``--sample-batch`` images.
 - ``mnist_full`` (not in ``--recipe all``): preset "gpu" (unet_mnist, 6.47M parameters,
   dropout 0.1, batch 128, Adam 2e-4 with 1000 warm-up steps, EMA 0.9999), same data and
   sampling; for GPUs (a CPU step takes seconds).
