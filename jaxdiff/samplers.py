@@ -4,7 +4,8 @@ The single entry point is :func:`sample`. It validates every argument in Python 
 is traced), plans the step sequence with NumPy, and runs the whole reverse process as one
 compiled ``lax.scan`` per batch chunk. Compiled functions are cached by their static
 configuration (model function, sampler, shapes, flags), so calling :func:`sample` again with new
-``params``, a new ``key``, new labels or another guidance scale does not re-trace.
+``params``, a new ``key``, new labels or another guidance scale does not re-trace. The loop
+compiles with :mod:`jaxdiff.xla_options` (on CPU: XLA's own kernels instead of YNNPACK's).
 
 The per-step math is not re-derived here: DDPM steps are :func:`jaxdiff.reverse.ddpm_step`
 (DDPM eq. 11), DDIM steps are :func:`jaxdiff.reverse.ddim_step` (DDIM eq. 12), model outputs
@@ -48,6 +49,7 @@ from jaxdiff.forward import q_sample
 from jaxdiff.parameterization import PREDICTIONS, to_eps_and_x0
 from jaxdiff.reverse import VARIANCES, ddim_step, ddpm_step
 from jaxdiff.schedules import Schedule, check_terminal_signal, schedule_from_betas
+from jaxdiff.xla_options import jit as xla_jit
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -538,8 +540,17 @@ def _check_output(out, shape):
         )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _run_ops(
+def _run_ops(cfg: _Config, *args):
+    """:func:`_run_ops_body` compiled for the default backend (:mod:`jaxdiff.xla_options`)."""
+    return _run_ops_compiled(jax.default_backend())(cfg, *args)
+
+
+@functools.cache
+def _run_ops_compiled(platform: str):
+    return xla_jit(_run_ops_body, platform=platform, static_argnums=0)
+
+
+def _run_ops_body(
     cfg: _Config,
     params,
     schedule,

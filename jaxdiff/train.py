@@ -13,7 +13,8 @@ Pieces, each a pure function of arrays (the :class:`Trainer` only wires them tog
 - :func:`make_multi_step` / :func:`make_data_multi_step`: K steps per compiled call with
   ``lax.scan``, from a stack of K host batches or from a dataset that lives on the device.
 - :class:`Trainer`: ``jax.jit`` of those with ``NamedSharding`` in/out shardings over the
-  ``"data"`` mesh (:mod:`jaxdiff.sharding`), donating the state.
+  ``"data"`` mesh (:mod:`jaxdiff.sharding`), donating the state, compiled with the XLA options
+  of :mod:`jaxdiff.xla_options` (on CPU: XLA's own kernels instead of YNNPACK's).
 
 Randomness: ``state.key`` never changes. Step ``n`` uses ``fold_in(fold_in(key, 0), n)`` for its
 timesteps, noise, dropout and label dropout; the on-device batch of step ``n`` comes from
@@ -46,6 +47,7 @@ from jaxdiff.sharding import (
     replicated_sharding,
     shard_batch,
 )
+from jaxdiff.xla_options import jit as _jit
 
 __all__ = [
     "LR_SCHEDULES",
@@ -561,16 +563,19 @@ class Trainer:
         self.tx = make_optimizer(config)
         self.train_step = make_train_step(apply, schedule, config, self.tx)
         self.steps_per_call, self.unroll = _scan_options(config)
+        self.platform = self.mesh.devices.flat[0].platform
         rep = replicated_sharding(self.mesh)
         self._replicated = rep
-        self._step = jax.jit(
+        self._step = _jit(  # with jaxdiff.xla_options' options for the platform
             self.train_step,
+            platform=self.platform,
             in_shardings=(rep, batch_sharding(self.mesh)),
             out_shardings=(rep, rep),
             donate_argnums=0,
         )
-        self._steps = jax.jit(
+        self._steps = _jit(
             make_multi_step(self.train_step, unroll=self.unroll),
+            platform=self.platform,
             in_shardings=(rep, batch_sharding(self.mesh, stacked=True)),
             out_shardings=(rep, rep),
             donate_argnums=0,
@@ -655,7 +660,7 @@ class Trainer:
             )
         fn = self._data_steps.get((int(batch_size), k))
         if fn is None:
-            fn = jax.jit(
+            fn = _jit(
                 make_data_multi_step(
                     self.train_step,
                     int(batch_size),
@@ -663,6 +668,7 @@ class Trainer:
                     unroll=self.unroll,
                     sharding=batch_sharding(self.mesh),
                 ),
+                platform=self.platform,
                 in_shardings=(self._replicated, self._replicated),
                 out_shardings=(self._replicated, self._replicated),
                 donate_argnums=0,

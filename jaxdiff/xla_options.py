@@ -1,0 +1,57 @@
+"""The XLA compiler options jaxdiff compiles its training steps and samplers with.
+
+On CPU, XLA (jaxlib 0.10) hands matrix products and the elementwise work around them to
+YNNPACK ("YNN fusions"). For every network jaxdiff trains, XLA's own kernels were faster on this
+project's 2-core CPU (``benchmarks/RESULTS.md``, 2026-12-01): a 128x128 @ 128x128 product
+inside a scan 64 -> 52 us, the 2-D moons training step 1.04 -> 0.85 ms, and the MNIST U-Net's
+step faster too. So :class:`jaxdiff.train.Trainer` and :func:`jaxdiff.samplers.sample` compile
+with YNNPACK off, per executable (``jax.jit(..., compiler_options=...)``): nothing global
+changes, every other program in the process keeps XLA's defaults, and a user who names the
+flag in ``XLA_FLAGS`` (e.g. ``--xla_cpu_experimental_ynn_fusion_type=dot``) keeps theirs.
+GPUs and TPUs get no options. The numbers differ from a YNNPACK build only in float32 rounding
+(a different summation order inside the products).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["YNN_FLAG", "compiler_options", "jit"]
+
+YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+_CPU_OPTIONS = {YNN_FLAG: ""}  # an empty list of fusion types: YNNPACK does nothing
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+    """Whether this jaxlib's CPU compiler accepts :data:`YNN_FLAG` (older ones do not)."""
+    try:
+        fn = jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS)
+        fn.lower(jnp.zeros((), jnp.float32)).compile()
+    except Exception:  # an unknown option (or not a CPU backend): compile with the defaults
+        return False
+    return True
+
+
+def compiler_options(platform: str | None = None) -> dict[str, str] | None:
+    """XLA options for a jaxdiff program compiled for ``platform`` (default: JAX's default).
+
+    ``{"xla_cpu_experimental_ynn_fusion_type": ""}`` on CPU (module docstring); ``None``
+    (XLA's defaults) on other platforms, when ``XLA_FLAGS`` already sets that flag, or when
+    this jaxlib does not know it.
+    """
+    platform = jax.default_backend() if platform is None else platform
+    if platform != "cpu" or YNN_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return dict(_CPU_OPTIONS) if _cpu_options_supported() else None
+
+
+def jit(fun: Callable, *, platform: str | None = None, **kwargs: Any) -> Callable:
+    """``jax.jit(fun, compiler_options=compiler_options(platform), **kwargs)``."""
+    return jax.jit(fun, compiler_options=compiler_options(platform), **kwargs)

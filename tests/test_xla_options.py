@@ -1,0 +1,85 @@
+"""jaxdiff's per-executable XLA options (jaxdiff/xla_options.py).
+
+On CPU the Trainer and the samplers compile with YNNPACK off (``benchmarks/RESULTS.md``: the
+2-D moons step ~12% faster); nothing global may change, other platforms get XLA's defaults,
+and a user's own ``XLA_FLAGS`` setting of the flag wins.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdiff import xla_options
+from jaxdiff.models import ConditionalMLP, split_model
+from jaxdiff.samplers import sample
+from jaxdiff.schedules import make_schedule
+from jaxdiff.train import TrainConfig, Trainer
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the options concern XLA:CPU only"
+)
+
+
+def test_options_per_platform(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert xla_options.compiler_options("gpu") is None
+    assert xla_options.compiler_options("tpu") is None
+    options = xla_options.compiler_options("cpu")
+    # This jaxlib (0.10) knows the flag; an older one would get None (XLA's defaults).
+    assert options == {xla_options.YNN_FLAG: ""}
+    # A user's XLA_FLAGS naming the flag keeps its own value.
+    monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.YNN_FLAG}=individual_dot")
+    assert xla_options.compiler_options("cpu") is None
+
+
+def _mlp():
+    model = ConditionalMLP(2, 10, 32, rngs=nnx.Rngs(0))
+    _, params, apply = split_model(model)
+    return params, apply
+
+
+def test_trainer_compiles_without_ynn_fusions_and_leaves_jax_jit_alone():
+    params, apply = _mlp()
+    trainer = Trainer(apply, make_schedule("linear", num_steps=10), TrainConfig(steps_per_call=2))
+    state = trainer.init_state(params, 0)
+    batches = trainer.put_batch({"x": np.ones((2, 8, 2), np.float32)}, stacked=True)
+    ours = trainer._steps.lower(state, batches).compile().as_text()
+    plain = jax.jit(trainer.train_step).lower(state, {"x": jnp.ones((8, 2))}).compile().as_text()
+    assert "__ynn_fusion" not in ours
+    # XLA's default for a plain jax.jit in the same process is untouched: jaxlib 0.10 hands
+    # the MLP's matmuls to YNNPACK (a later jaxlib with other defaults makes this vacuous).
+    if jax.__version_info__[:2] == (0, 10):
+        assert "__ynn_fusion" in plain
+
+
+def test_sampler_compiles_without_ynn_fusions(monkeypatch):
+    from jaxdiff import samplers
+
+    built = []
+
+    def recording_jit(fun, **kwargs):
+        jitted = xla_options.jit(fun, **kwargs)
+
+        def call(*args):
+            built.append((jitted, args))
+            return jitted(*args)
+
+        return call
+
+    samplers._run_ops_compiled.cache_clear()  # build the sampler's executable afresh
+    monkeypatch.setattr(samplers, "xla_jit", recording_jit)
+    try:
+        params, apply = _mlp()
+        schedule = make_schedule("linear", num_steps=10)
+        sample(apply, params, schedule, (16, 2), jax.random.key(1), sampler="ddpm", steps=10)
+    finally:
+        samplers._run_ops_compiled.cache_clear()  # later tests get the unpatched jit
+    assert built, "sample() did not go through jaxdiff.xla_options.jit"
+    jitted, args = built[0]
+    text = jitted.lower(*args).compile().as_text()
+    assert "__ynn_fusion" not in text
+    assert "dot(" in text  # the MLP's products are there, as XLA's own dots
