@@ -1,7 +1,9 @@
 """Sampling throughput: the compiled sampler versus a Python loop of jitted steps.
 
 Draws ``--batch`` MNIST-shaped (28x28x1) samples with an untrained denoiser (its weights do not
-change the cost) on a linear schedule of ``--T`` steps and times, for each ``--modes`` entry:
+change the cost) on a linear schedule of ``--T`` steps, or with ``--model toy2d`` 2-D points
+from experiments.toy2d's ConditionalMLP (its time embedding has ``--T`` rows), and times, for
+each ``--modes`` entry:
 
 - ``loop``: the tutorials' style, a Python ``for`` loop calling a ``jax.jit``-compiled single
   DDPM step (model call + :func:`jaxdiff.ddpm_step` + fresh noise) once per timestep;
@@ -23,6 +25,8 @@ Run (from the repository root)::
     python benchmarks/bench_samplers.py          # the issue's setting: 64 samples, DDPM 1000
     python benchmarks/bench_samplers.py --steps 20 --batch 16 --model unet16   # quick, CPU
     python benchmarks/bench_samplers.py --modes loop scan chunked --unroll 1 4 --chunk 1 4 10
+    python benchmarks/bench_samplers.py --model toy2d --T 100 --steps 100 --batch 1000 \\
+        --modes loop default --dpm-steps 0 --repeats 5     # per-step overhead shows
 """
 
 from __future__ import annotations
@@ -44,15 +48,23 @@ from jaxdiff.reverse import ddpm_step
 from jaxdiff.samplers import default_loop_options, respaced_schedule, sample, sampling_timesteps
 from jaxdiff.schedules import make_schedule
 
-MODELS = ("unet_mnist_small", "unet_mnist", "unet16", "cnn")
+MODELS = ("unet_mnist_small", "unet_mnist", "unet16", "cnn", "toy2d")
 MODES = ("loop", "scan", "chunked", "default")
 
 
-def build_model(name: str):
-    """An untrained 28x28x1 denoiser: one of :data:`MODELS`."""
+def build_model(name: str, num_timesteps: int):
+    """``(untrained denoiser, one example's shape)`` for one of :data:`MODELS`."""
     from jaxdiff import models
 
     rngs = nnx.Rngs(0)
+    if name == "toy2d":  # experiments.toy2d's network: one embedding row per timestep
+        return models.ConditionalMLP(2, num_timesteps, 128, rngs=rngs), (2,)
+    return _image_model(name, rngs), (28, 28, 1)
+
+
+def _image_model(name: str, rngs: nnx.Rngs):
+    from jaxdiff import models
+
     if name == "unet_mnist_small":
         return models.unet_mnist_small(rngs=rngs)
     if name == "unet_mnist":
@@ -116,9 +128,10 @@ def main(argv=None):
 
     from jaxdiff.models import count_params, split_model
 
-    _, params, apply = split_model(build_model(args.model))
+    model, example_shape = build_model(args.model, args.T)
+    _, params, apply = split_model(model)
     schedule = make_schedule("linear", num_steps=args.T)
-    shape = (args.batch, 28, 28, 1)
+    shape = (args.batch, *example_shape)
     key = jax.random.key(0)
     print(
         f"backend={jax.default_backend()} devices={jax.device_count()} jax={jax.__version__} "

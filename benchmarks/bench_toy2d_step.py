@@ -12,17 +12,23 @@ step. This times, each inside a compiled 100-step ``lax.scan`` as the experiment
 
 XLA flags are taken from the environment, e.g.
 ``XLA_FLAGS=--xla_cpu_use_xnnpack=true python benchmarks/bench_toy2d_step.py``.
+``--compare-xla-options R`` also times batch 128 with the Trainer compiled as jaxdiff compiles
+it (:mod:`jaxdiff.xla_options`: YNNPACK off on CPU) and with XLA's defaults, in the same
+process, alternating R rounds (the matmul and softplus timings use plain ``jax.jit``: XLA's
+defaults).
 
 Run (from the repository root)::
 
     python benchmarks/bench_toy2d_step.py
     python benchmarks/bench_toy2d_step.py --batches 128 --calls 40
+    python benchmarks/bench_toy2d_step.py --batches 128 --compare-xla-options 7
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,6 +50,12 @@ K = 100  # toy2d's steps_per_call
 
 def step_ms(batch: int, calls: int) -> tuple[float, float]:
     """``(compile + first call s, ms per step)`` of toy2d's training step at ``batch``."""
+    run, first = prepare(batch, calls)
+    return first, run()
+
+
+def prepare(batch: int, calls: int):
+    """``(run, compile + first call s)``: ``run()`` times ``calls`` calls, returns ms/step."""
     config = toy2d.resolve(toy2d.Toy2dConfig())
     points = jdata.make_points(config.dataset, config.num_points, seed=0)
     model = toy2d.ConditionalMLP(2, config.num_timesteps, config.hidden, rngs=nnx.Rngs(0))
@@ -65,11 +77,38 @@ def step_ms(batch: int, calls: int) -> tuple[float, float]:
     state, metrics = trainer.steps(state, stacks[0])
     jax.block_until_ready(metrics)
     first = time.perf_counter() - start
-    start = time.perf_counter()
-    for stack in stacks[1:]:
-        state, metrics = trainer.steps(state, stack)
-    jax.block_until_ready(metrics)
-    return first, (time.perf_counter() - start) / (calls * K) * 1e3
+    box = [state]
+
+    def run() -> float:
+        start = time.perf_counter()
+        state = box[0]
+        for stack in stacks[1:]:
+            state, metrics = trainer.steps(state, stack)
+        jax.block_until_ready(metrics)
+        box[0] = state
+        return (time.perf_counter() - start) / (calls * K) * 1e3
+
+    return run, first
+
+
+def compare_xla_options(batch: int, calls: int, rounds: int) -> dict[str, list[float]]:
+    """ms/step per round of the Trainer compiled with jaxdiff's options and with XLA's."""
+    from jaxdiff import xla_options
+
+    runs = {}
+    own = xla_options.compiler_options
+    for name in ("jaxdiff (YNNPACK off)", "XLA defaults"):
+        if name == "XLA defaults":  # the Trainer then compiles with compiler_options=None
+            xla_options.compiler_options = lambda platform=None: None
+        try:
+            runs[name] = prepare(batch, calls)[0]
+        finally:
+            xla_options.compiler_options = own
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(run())
+    return times
 
 
 def op_us(fn, shape: tuple[int, ...], repeats: int = 50) -> float:
@@ -88,6 +127,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128, 256])
     parser.add_argument("--calls", type=int, default=20, help="timed calls of 100 steps each")
+    parser.add_argument(
+        "--compare-xla-options", type=int, default=0, metavar="ROUNDS",
+        help="also time batch 128 with jaxdiff's XLA options and XLA's defaults, alternating",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, "
@@ -106,6 +149,14 @@ def main(argv=None) -> None:
         f"with softplus on its output: {dot_softplus:.1f} us, i.e. softplus "
         f"{(dot_softplus - dot) * 1e3 / 128**2:.1f} ns per element"
     )
+    if args.compare_xla_options:
+        times = compare_xla_options(128, args.calls, args.compare_xla_options)
+        print(f"\nbatch 128, {args.compare_xla_options} alternating rounds of {args.calls} calls:")
+        for name, ts in times.items():
+            print(
+                f"  {name}: median {statistics.median(ts):.3f} ms/step, min {min(ts):.3f}, "
+                f"max {max(ts):.3f}"
+            )
 
 
 if __name__ == "__main__":

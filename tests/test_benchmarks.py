@@ -1,0 +1,62 @@
+"""The jax-only benchmark scripts run end to end at toy sizes (issue #8).
+
+The benchmarks are run by hand and their numbers go to ``benchmarks/RESULTS.md``; these checks
+only make sure the scripts still work against the library (argument parsing, model building,
+every sampling mode) so that a rerun does not start with a crash. Timings are printed, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_samplers_toy2d_every_mode():
+    bench = _load("bench_samplers")
+    rows = bench.main(
+        ["--model", "toy2d", "--T", "8", "--steps", "8", "--batch", "16", "--repeats", "1",
+         "--modes", "loop", "scan", "chunked", "default", "--chunk", "4", "--dpm-steps", "4"]
+    )  # fmt: skip
+    body = rows[2:]
+    # loop, scan (unroll 1), chunked (k=4), default, dpm++: one table row each.
+    assert len(body) == 5
+    labels = [row.split("|")[3].strip() for row in body]
+    assert labels == [
+        "Python loop of jitted steps",
+        "one lax.scan, unroll=1",
+        "steps_per_call=4, unroll=True",
+        "sample() defaults",
+        "sample() defaults",
+    ]
+    for row in body:
+        images_per_s = float(row.split("|")[8])
+        assert images_per_s > 0
+
+
+def test_bench_samplers_rejects_unknown_model():
+    bench = _load("bench_samplers")
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "resnet"])
+
+
+def test_bench_toy2d_step_compares_xla_options(capsys):
+    bench = _load("bench_toy2d_step")
+    bench.main(["--batches", "16", "--calls", "1", "--compare-xla-options", "1"])
+    out = capsys.readouterr().out
+    assert "| 16 |" in out
+    assert "jaxdiff (YNNPACK off): median" in out
+    assert "XLA defaults: median" in out
