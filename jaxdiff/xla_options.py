@@ -1,14 +1,16 @@
 """The XLA compiler options jaxdiff compiles its training steps and samplers with.
 
 On CPU, XLA (jaxlib 0.10) hands matrix products and the elementwise work around them to
-YNNPACK ("YNN fusions"). For every network jaxdiff trains, XLA's own kernels were faster on this
-project's 2-core CPU (``benchmarks/RESULTS.md``, 2026-12-01): a 128x128 @ 128x128 product
-inside a scan 64 -> 52 us, the 2-D moons training step 1.04 -> 0.85 ms, and the MNIST U-Net's
-step faster too. So :class:`jaxdiff.train.Trainer` and :func:`jaxdiff.samplers.sample` compile
-with YNNPACK off, per executable (``jax.jit(..., compiler_options=...)``): nothing global
-changes, every other program in the process keeps XLA's defaults, and a user who names the
-flag in ``XLA_FLAGS`` (e.g. ``--xla_cpu_experimental_ynn_fusion_type=dot``) keeps theirs.
-GPUs and TPUs get no options. The numbers differ from a YNNPACK build only in float32 rounding
+YNNPACK ("YNN fusions"), and some 3x3 convolutions too. On this project's 2-core CPU XLA's
+own kernels ran jaxdiff's networks as fast or faster (``benchmarks/RESULTS.md``,
+2026-12-01; one process, alternating rounds): the 2-D moons training step 0.93 -> 0.77 ms
+(the 1000-epoch recipe 5.2x PyTorch eager instead of 4.4x), the CPU preset's MNIST U-Net
+294 -> 266 ms per training step and 188 -> 103 ms per DDPM sampling step at batch 64. So
+:class:`jaxdiff.train.Trainer` and :func:`jaxdiff.samplers.sample` compile with YNNPACK off,
+per executable (``jax.jit(..., compiler_options=...)``): nothing global changes, every other
+program in the process keeps XLA's defaults, and a user who names the flag in ``XLA_FLAGS``
+(e.g. ``--xla_cpu_experimental_ynn_fusion_type=individual_dot``) keeps theirs.
+GPUs and TPUs get no options. Results can differ from XLA's defaults in float32 rounding
 (a different summation order inside the products).
 """
 

@@ -1,8 +1,9 @@
 """jaxdiff's per-executable XLA options (jaxdiff/xla_options.py).
 
 On CPU the Trainer and the samplers compile with YNNPACK off (``benchmarks/RESULTS.md``: the
-2-D moons step ~12% faster); nothing global may change, other platforms get XLA's defaults,
-and a user's own ``XLA_FLAGS`` setting of the flag wins.
+2-D moons step 0.93 -> 0.77 ms, the CPU U-Net's sampling step 188 -> 103 ms); nothing global
+may change, other platforms get XLA's defaults, and a user's own ``XLA_FLAGS`` setting of the
+flag wins.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def test_sampler_compiles_without_ynn_fusions(monkeypatch):
     monkeypatch.setattr(samplers, "xla_jit", recording_jit)
     try:
         params, apply = _mlp()
-        schedule = make_schedule("linear", num_steps=10)
+        schedule = make_schedule("cosine", num_steps=10)  # ends at zero signal: no warning
         sample(apply, params, schedule, (16, 2), jax.random.key(1), sampler="ddpm", steps=10)
     finally:
         samplers._run_ops_compiled.cache_clear()  # later tests get the unpatched jit
