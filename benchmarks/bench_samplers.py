@@ -5,8 +5,9 @@ change the cost) on a linear schedule of ``--T`` steps, or with ``--model toy2d`
 from experiments.toy2d's ConditionalMLP (its time embedding has ``--T`` rows), and times, for
 each ``--modes`` entry:
 
-- ``loop``: the tutorials' style, a Python ``for`` loop calling a ``jax.jit``-compiled single
-  DDPM step (model call + :func:`jaxdiff.ddpm_step` + fresh noise) once per timestep;
+- ``loop``: the tutorials' style, a Python ``for`` loop calling a jitted single DDPM step
+  (model call + :func:`jaxdiff.ddpm_step` + fresh noise) once per timestep, compiled with the
+  same XLA options as :func:`~jaxdiff.samplers.sample` (:mod:`jaxdiff.xla_options`);
 - ``scan``: :func:`jaxdiff.samplers.sample` with the whole reverse process in one compiled
   ``lax.scan`` (``steps_per_call=None``), once per ``--unroll`` value;
 - ``chunked``: :func:`~jaxdiff.samplers.sample` with ``steps_per_call=k`` for each ``--chunk``
@@ -47,6 +48,7 @@ from flax import nnx
 from jaxdiff.reverse import ddpm_step
 from jaxdiff.samplers import default_loop_options, respaced_schedule, sample, sampling_timesteps
 from jaxdiff.schedules import make_schedule
+from jaxdiff.xla_options import jit as xla_jit
 
 MODELS = ("unet_mnist_small", "unet_mnist", "unet16", "cnn", "toy2d")
 MODES = ("loop", "scan", "chunked", "default")
@@ -84,7 +86,7 @@ def python_loop_sampler(apply, schedule, steps: int, shape):
     ts = sampling_timesteps(schedule, steps, "trailing")[::-1]  # ascending: index i -> t
     respaced = respaced_schedule(schedule, ts)
 
-    @jax.jit
+    @xla_jit  # the XLA options sample() compiles with: only the loop structure differs
     def step(params, x, i, t, key):
         eps = apply(params, x, jnp.full((x.shape[0],), t, jnp.int32))
         z = jax.random.normal(key, x.shape, x.dtype)
