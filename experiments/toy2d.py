@@ -24,7 +24,7 @@ N(0, I); even a perfect network then samples the wrong distribution. The default
 schedule at ``beta_end = 0.1`` (``alphas_cumprod[-1]`` about 0.006); ``--tutorial-schedule``
 reproduces the original exactly, and report.md shows both.
 
-Outputs in ``--out`` (the DESIGN.md contract): config.json, metrics.jsonl (one record per
+Outputs in ``--out`` (every experiment's contract): config.json, metrics.jsonl (one record per
 training step), metrics.json (final numbers, point metrics against fresh data), samples.npy
 (float32 ``(N, D)`` in data coordinates), PNG figures, forward_reverse.gif, checkpoints/ and
 report.md.

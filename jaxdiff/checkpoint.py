@@ -1,6 +1,6 @@
 """Orbax checkpoints of a training state, with exact resume and corruption checks.
 
-This is the only module of jaxdiff that imports orbax (DESIGN.md). It wraps
+This is the only module of jaxdiff that imports orbax. It wraps
 ``orbax.checkpoint.CheckpointManager`` in a small :class:`Checkpointer` that the training loop
 uses as::
 
@@ -210,7 +210,7 @@ def abstract_state(state_like: Any) -> Any:
             ``.sharding``; deleted/donated arrays are fine) or an abstract one, e.g.
             ``jax.eval_shape(init_state, key)`` or ``nnx.eval_shape(...)`` followed by
             ``nnx.split``. A ``ShapeDtypeStruct`` without a sharding gets a replicated
-            ``NamedSharding`` over all devices (mesh axis ``data``), the placement DESIGN.md uses
+            ``NamedSharding`` over all devices (mesh axis ``data``), the placement jaxdiff uses
             for parameters; give explicit shardings for anything sharded.
 
     Returns:

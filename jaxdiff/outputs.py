@@ -1,4 +1,4 @@
-"""The experiment output contract (DESIGN.md): one directory per run.
+"""The experiment output contract: one directory per run.
 
 ``--out DIR`` holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
 ``metrics.json`` (final evaluation), ``samples.npy``, PNG figures, GIFs, ``checkpoints/`` and

@@ -4,7 +4,7 @@ A :class:`Schedule` is an immutable pytree of float32 arrays of shape ``(T,)``, 
 float64 NumPy (so that ``alphas_cumprod``, a product of up to thousands of factors, carries no
 float32 round-off) and stored as float32 for use inside compiled code.
 
-Index convention (see DESIGN.md): ``t`` is an integer in ``0..T-1``; ``t = 0`` is the least noisy
+Index convention: ``t`` is an integer in ``0..T-1``; ``t = 0`` is the least noisy
 step and ``alphas_cumprod[t] = prod_{k <= t} alphas[k]`` includes step ``t`` itself.
 """
 
