@@ -79,8 +79,10 @@ PyTorch's spinning OpenMP threads suffer badly: on the project's 2-core machine 
 ~4.5 the moons step took 97 ms with 2 threads and 9 ms with ``--torch-threads 1``. Measure on an
 idle machine; if it cannot be idle, report runs with ``--torch-threads 1`` beside the default.
 
-``--device cpu`` forces both sides onto the CPU (``JAX_PLATFORMS=cpu``); the default ``auto``
-uses CUDA for PyTorch when available and JAX's default backend.
+``--device cpu`` forces both sides onto the CPU (``JAX_PLATFORMS=cpu``); ``--device cuda`` forces
+both onto the GPU (``JAX_PLATFORMS=cuda``) and stops with an error when JAX has no GPU backend
+(a CPU-only jaxlib), so a CPU timing is never reported as a GPU one; the default ``auto`` uses
+CUDA for PyTorch when available and JAX's default backend.
 """
 
 from __future__ import annotations
@@ -253,6 +255,17 @@ def jax_worker(args) -> dict:
     from jaxdiff.models import count_params, split_model
     from jaxdiff.train import TrainConfig, Trainer
 
+    if args.device == "cuda":  # a CPU timing must never be reported as a GPU one
+        jax.config.update("jax_platforms", "cuda")
+        try:
+            backend = jax.default_backend()
+        except Exception as err:  # jaxlib without CUDA: RuntimeError or AssertionError
+            backend = f"none ({type(err).__name__}: {err})"
+        if backend != "gpu":
+            raise SystemExit(
+                f"--device cuda, but JAX has no GPU backend: {backend}. Install the CUDA build "
+                'of jaxlib (pip install -e ".[cuda12]" or ".[cuda13]") or run with --device cpu.'
+            )
     dtype = jax.numpy.bfloat16 if args.dtype == "bfloat16" else None  # None: float32
     result = {
         "framework": "jax",
@@ -457,6 +470,8 @@ def run_worker(framework: str, recipe: str, phase: str, args) -> dict:
     if args.device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
+    elif args.device == "cuda":
+        env["JAX_PLATFORMS"] = "cuda"
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]

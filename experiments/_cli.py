@@ -17,6 +17,9 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
+from jaxdiff.accelerator import unused_gpu_message
+from jaxdiff.data import DataNotFoundError
+
 C = TypeVar("C")
 
 __all__ = ["field", "parse_config", "run_main"]
@@ -139,20 +142,28 @@ def run_main(
 ) -> int:
     """Parse the config and run ``main``; expected user errors exit 2 with one clear line.
 
-    ``ValueError`` and ``OSError`` raised by ``main`` are not bugs: missing data, a refused or
-    unwritable output directory (these also print the usage, like argparse's own errors), a full
-    disk at a checkpoint save (the earlier checkpoints stay intact). They print one
-    ``prog: error: ...`` line without a traceback (set ``JAXDIFF_DEBUG=1`` to see it) and exit
-    with code 2. Anything else is a bug and keeps its traceback.
+    ``ValueError`` and ``OSError`` raised by ``main`` are not bugs: missing or undownloadable
+    data, a refused or unwritable output directory, a full disk at a checkpoint save (the earlier
+    checkpoints stay intact). They print one ``prog: error: ...`` line without a traceback (set
+    ``JAXDIFF_DEBUG=1`` to see it) and exit with code 2; input errors about the command line
+    (a refused ``--out``, a missing ``--checkpoint``) also print the usage, errors about data do
+    not. Anything else is a bug and keeps its traceback.
+
+    Before ``main`` starts, a visible NVIDIA GPU that JAX does not use gets one warning line with
+    the install command.
     """
     parser = build_parser(cls, prog=prog)
     config = _parse(parser, cls, argv)
+    gpu_warning = unused_gpu_message()
+    if gpu_warning:
+        print(f"{prog}: {gpu_warning}", file=sys.stderr)
     try:
         main(config)
     except (ValueError, OSError) as e:
         if os.environ.get("JAXDIFF_DEBUG"):
             raise
-        if isinstance(e, _INPUT_ERRORS):  # a bad command line: show how to call it
+        if isinstance(e, _INPUT_ERRORS) and not isinstance(e, DataNotFoundError):
+            # a bad command line: show how to call it
             parser.print_usage(sys.stderr)
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -52,7 +52,9 @@ class EvaluateConfig:
     cache_dir: str | None = field(
         None, "cache of the feature classifiers and references (None: ~/.cache/jaxdiff)"
     )
-    data_dir: str | None = field(None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR)")
+    data_dir: str | None = field(
+        None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR); default: MNIST downloaded once"
+    )
     out: str | None = field(None, "also write the JSON to OUT/metrics.json")
     progress: bool = field(True, "progress bars on stderr while training a classifier")
 

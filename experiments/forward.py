@@ -20,7 +20,7 @@ in metrics.json:
 4. A 1-D three-component Gaussian mixture whose density (histogram, KDE and the exact mixture
    density) converges to N(0, 1) over the steps.
 
-Outputs (the DESIGN.md contract, less what needs training): config.json, metrics.jsonl (one
+Outputs (the output contract, less what needs training): config.json, metrics.jsonl (one
 record per inspected timestep), metrics.json, samples.npy (float32 ``(N, 1)``: the mixture's
 samples at the last step, which should be N(0, 1)), noisy_digits.npy, PNG figures,
 forward_process.gif and report.md. There is no model, hence no checkpoints/.
@@ -58,7 +58,9 @@ class ForwardConfig:
 
     out: str = field("runs/forward", "output directory (config, metrics, figures, report)")
     seed: int = field(0, "seed of every noise draw")
-    data_dir: str | None = field(None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR)")
+    data_dir: str | None = field(
+        None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR); default: MNIST downloaded once"
+    )
     schedule: Literal["linear", "cosine", "quadratic", "sigmoid"] = field(
         "linear", "schedule of the iterative-vs-closed-form and mixture demos"
     )
@@ -105,7 +107,10 @@ def main(config: ForwardConfig) -> dict:
     t_start = time.perf_counter()
     # Inputs first: missing data or a refused --out must fail before any work.
     n_images = max(config.digit_index + 1, config.num_digits)
-    images, labels = jdata.load_mnist("test", data_dir=config.data_dir, limit=n_images)
+    images, labels, data_source = jdata.load_mnist(
+        "test", data_dir=config.data_dir, limit=n_images, return_source=True
+    )
+    _log(f"data: {data_source}")
     if config.digit_index >= len(images):
         raise ValueError(
             f"--digit-index {config.digit_index} is beyond the {len(images)} MNIST test images"

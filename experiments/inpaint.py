@@ -26,7 +26,7 @@ resampling jumps of 5 steps: 230 model evaluations per image, 24 images) took 83
 project's shared 2-core CPU with the compact model (load average about 4 from other jobs; 73-78 s
 of it the sampling, compilation included).
 
-Outputs in ``--out`` (the DESIGN.md contract, less what needs training): config.json,
+Outputs in ``--out`` (the output contract, less what needs training): config.json,
 metrics.jsonl (one record per inpainted image), metrics.json (per mask: MSE of the generated
 region against the original, and the check that the known pixels equal the input exactly),
 samples.npy (float32 ``(M * N, H, W, 1)`` in [0, 1], mask by mask: all images of the first mask,
@@ -72,7 +72,9 @@ class InpaintConfig:
     checkpoint: str = field("runs/mnist", "experiments.mnist run directory to inpaint with")
     out: str = field("runs/inpaint", "output directory (config, metrics, samples, figure, report)")
     seed: int = field(0, "seed of the random masks and of the sampler noise")
-    data_dir: str | None = field(None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR)")
+    data_dir: str | None = field(
+        None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR); default: MNIST downloaded once"
+    )
     num_images: int = field(8, "MNIST test images to inpaint (the first N of the test split)")
     masks: tuple[str, ...] = field(MASKS, f"masks to apply, any of {', '.join(MASKS)}")
     random_fraction: float = field(0.3, "share of the pixels kept (known) by the random mask")
@@ -152,9 +154,15 @@ def main(config: InpaintConfig) -> dict:
     if config.jump_length > steps:
         raise ValueError(f"--jump-length {config.jump_length} exceeds the {steps} sampler steps")
     size = run.config.image_size
-    images, labels = jdata.load_mnist(
-        "test", data_dir=config.data_dir, image_size=size, limit=config.num_images
+    images, labels, data_source = jdata.load_mnist(
+        "test",
+        dataset=run.config.dataset,
+        data_dir=config.data_dir,
+        image_size=size,
+        limit=config.num_images,
+        return_source=True,
     )
+    _log(f"data: {data_source}")
     out = prepare_run_dir(
         config.out,
         dataclasses.asdict(config),

@@ -7,10 +7,13 @@ Run (defaults sized by backend; see :data:`PRESETS`)::
     python -m experiments.mnist --resume                          # continue runs/mnist/
     python -m experiments.mnist --help                            # every option, with defaults
 
-Outputs in ``--out`` (the DESIGN.md contract): config.json, metrics.jsonl (one record per training
-step), metrics.json (final numbers), samples.npy (float32 ``(N, H, W, 1)`` in [0, 1]; labels.npy
-too when class-conditional), PNG figures, a GIF of the reverse process, checkpoints/ and
-report.md.
+Outputs in ``--out`` (every experiment's contract): config.json, metrics.jsonl (one record per
+training step), metrics.json (final numbers), samples.npy (float32 ``(N, H, W, 1)`` in [0, 1];
+labels.npy too when class-conditional), PNG figures, a GIF of the reverse process, checkpoints/
+and report.md.
+
+Data: a prepared tensorflow-datasets copy named by ``--data-dir`` or ``$TFDS_DATA_DIR``, else the
+official MNIST IDX files, downloaded and verified once (``jaxdiff.data.load_mnist``).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class Preset:
 # The CPU preset is sized so that the whole default run (data, compile, training, 1,000 samples,
 # figures, evaluation) fits in 20 minutes on a 2-core CPU: 10.8 min measured here on 2026-12-01
 # with an empty cache; this machine has run the same training up to ~2x slower on other days,
-# which still fits (README.md). The EMA decay is matched to the run length (DESIGN.md).
+# which still fits (README.md). The EMA decay is matched to the run length.
 # Its recipe was chosen by measurement (README.md, "How the CPU preset was chosen"): the cosine
 # schedule with Min-SNR-5 loss weighting and lr 2e-3 took the Frechet distance of the 1,200-step
 # run from 98 (linear, L_simple, lr 1e-3) to 65 at 256 samples; neither change helps alone as
@@ -243,7 +246,14 @@ class MnistConfig:
         None, "training steps per compiled call (K); default per backend, see jaxdiff.train"
     )
     train_limit: int | None = field(None, "use only the first N training images (smoke tests)")
-    data_dir: str | None = field(None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR)")
+    dataset: Literal["mnist", "fashion_mnist"] = field(
+        "mnist", "data set: MNIST digits or Fashion-MNIST (same format; no FID for fashion)"
+    )
+    data_dir: str | None = field(
+        None,
+        "prepared tensorflow_datasets folder ($TFDS_DATA_DIR); without one the official IDX "
+        "files are downloaded once ($JAXDIFF_MNIST_URL for a mirror)",
+    )
     evaluate: bool = field(True, "Frechet distance etc. with the MNIST feature classifier")
     cache_dir: str | None = field(None, "cache for the evaluation classifier (~/.cache/jaxdiff)")
     resume: bool = field(False, "continue the run in --out from its latest checkpoint")
@@ -489,9 +499,16 @@ def main(config: MnistConfig) -> dict:
     guidance = config.guidance_scale if config.class_conditional else 0.0
 
     # Inputs first: missing data or a refused --out must fail before any work.
-    images, labels = jdata.load_mnist(
-        "train", data_dir=config.data_dir, image_size=config.image_size, limit=config.train_limit
+    images, labels, data_source = jdata.load_mnist(
+        "train",
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        image_size=config.image_size,
+        limit=config.train_limit,
+        progress=config.progress,
+        return_source=True,
     )
+    log(f"data: {data_source}")
     if len(images) < config.batch_size:
         raise ValueError(
             f"--batch-size {config.batch_size} is larger than the {len(images)} training images; "
@@ -588,13 +605,21 @@ def main(config: MnistConfig) -> dict:
         "sample_seconds": round(final["seconds"], 1),
         "sampler": config.sampler,
         "sample_steps": final["steps"],
+        "dataset": config.dataset,
+        "data_source": data_source,
     }
     if main_process:
         np.save(out / "samples.npy", final["samples"])
         if num_classes:
             np.save(out / "labels.npy", final["labels"])
         _final_figures(out, config, final, images)
-        if config.evaluate:
+        if config.evaluate and config.dataset != "mnist":
+            metrics["evaluation_skipped"] = (
+                f"the feature classifier of the Frechet distance knows MNIST digits, not "
+                f"{config.dataset}"
+            )
+            log(f"evaluation skipped: {metrics['evaluation_skipped']}")
+        elif config.evaluate:
             evaluation = _evaluate(config, final)
             if evaluation is not None:
                 metrics["evaluation"] = evaluation
@@ -730,8 +755,11 @@ def _write_report(out: Path, config: MnistConfig, metrics: dict) -> None:
             "![samples vs real](samples_vs_real.png)"
             + ("\n\n![by class](samples_by_class.png)" if config.class_conditional else ""),
         ),
-        training_section(metrics),
+        ("Data", f"{config.dataset}, training split: {metrics['data_source']}."),
+        training_section(metrics, skip=("dataset", "data_source", "evaluation_skipped")),
     ]
+    if metrics.get("evaluation_skipped"):
+        sections.append(("Evaluation", f"Skipped: {metrics['evaluation_skipped']}."))
     if metrics.get("evaluation"):
         sections.append(evaluation_section(metrics["evaluation"], "real data against real data"))
     sections.append(
@@ -742,7 +770,8 @@ def _write_report(out: Path, config: MnistConfig, metrics: dict) -> None:
             "![reverse GIF](reverse_process.gif)\n\n![forward process](forward_process.png)",
         )
     )
-    write_report(out / "report.md", "MNIST diffusion run", sections)
+    title = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[config.dataset]
+    write_report(out / "report.md", f"{title} diffusion run", sections)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ module:
 
 Both are deterministic functions of their :class:`ClassifierSpec` (seed included). They are cached
 under ``<cache_dir>/classifiers/<kind>-<version>/`` (``cache_dir`` defaults to
-``$XDG_CACHE_HOME/jaxdiff`` or ``~/.cache/jaxdiff``) as an orbax checkpoint written by
-:class:`jaxdiff.checkpoint.Checkpointer` (``params/``) plus a readable ``meta.json``. Bumping
+``$JAXDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxdiff`` or ``~/.cache/jaxdiff``) as an orbax
+checkpoint written by :class:`jaxdiff.checkpoint.Checkpointer` (``params/``) plus a readable
+``meta.json``. Bumping
 ``version`` moves to a new directory; a cache whose stored spec differs from the code, or that
 fails to restore (corrupt or truncated files), is retrained with a :class:`ClassifierCacheWarning`.
 The reference features (real training images and noise images through the classifier, and the
@@ -41,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+
+from jaxdiff._paths import default_cache_dir, resolve_cache_dir
 
 __all__ = [
     "CLASSIFIER_SPECS",
@@ -502,15 +505,8 @@ def train_classifier(
 # --------------------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/jaxdiff`` if ``XDG_CACHE_HOME`` is set, else ``~/.cache/jaxdiff``."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "jaxdiff"
-
-
 def _root(cache_dir: str | os.PathLike | None) -> Path:
-    return Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
+    return resolve_cache_dir(cache_dir)
 
 
 def classifier_dir(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:

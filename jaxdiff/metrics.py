@@ -679,7 +679,7 @@ def evaluate_samples(
     """Every metric of a sample set, each next to its real-data floor and noise ceiling.
 
     Args:
-      samples: float array following the ``samples.npy`` contract (DESIGN.md):
+      samples: float array following the ``samples.npy`` contract:
 
         * ``kind="mnist"``: ``(N, 28, 28, 1)`` (or ``(N, 32, 32, 1)``, mapped back to 28x28 for the
           classifier) in ``[0, 1]``;
@@ -693,9 +693,11 @@ def evaluate_samples(
       labels: optional ``(N,)`` int requested classes of class-conditional image samples; adds
         ``label_accuracy``.
       cache_dir: where the feature classifiers and the reference features are cached (default
-        ``$XDG_CACHE_HOME/jaxdiff`` or ``~/.cache/jaxdiff``); a missing classifier is trained
-        (MNIST: a couple of minutes on a CPU), a stale or corrupt one is retrained.
-      data_dir: prepared tensorflow-datasets folder for MNIST (default ``$TFDS_DATA_DIR``).
+        ``$JAXDIFF_CACHE_DIR``, ``$XDG_CACHE_HOME/jaxdiff`` or ``~/.cache/jaxdiff``); a missing
+        classifier is trained (MNIST: a couple of minutes on a CPU), a stale or corrupt one is
+        retrained.
+      data_dir: prepared tensorflow-datasets folder for MNIST (default ``$TFDS_DATA_DIR``; with
+        neither, MNIST is downloaded, see :func:`jaxdiff.data.load_mnist`).
       progress: show tqdm progress bars (on stderr) while training a classifier.
 
     Returns:

@@ -3,6 +3,8 @@
 - ``x64``: run a test with 64-bit JAX types (for float64 references of the numerical checks).
 - ``mnist_data_dir``: the prepared tensorflow-datasets folder named by ``TFDS_DATA_DIR``; tests
   that need MNIST skip with a reason when it is not configured (CI always sets it).
+- ``mnist_arrays`` / ``mnist_mirror``: its uint8 arrays, and a folder of IDX ``.gz`` files made
+  from them (with ``checksums.tsv``) that the download tests serve over 127.0.0.1 or ``file://``.
 
 Compilation dominates the suite's run time on a CPU, and several tests compile the same
 computation again (a resumed run, a second ``Trainer``): a persistent XLA compilation cache in a
@@ -24,9 +26,15 @@ _XLA_CACHE = tempfile.mkdtemp(prefix="jaxdiff-test-xla-cache-")
 jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
+# jaxdiff's own cache (decoded MNIST, feature classifiers) lives in a fresh folder per session too,
+# inherited by the experiments' subprocesses: no test reads what an earlier run or the user left.
+_JAXDIFF_CACHE = tempfile.mkdtemp(prefix="jaxdiff-test-cache-")
+os.environ["JAXDIFF_CACHE_DIR"] = _JAXDIFF_CACHE
+
 
 def pytest_unconfigure(config):
     shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+    shutil.rmtree(_JAXDIFF_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
@@ -47,3 +55,26 @@ def mnist_data_dir() -> Path:
     if not list(path.glob("mnist/*/dataset_info.json")):
         pytest.skip(f"TFDS_DATA_DIR={value} holds no prepared mnist/<version>/ folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist_arrays(mnist_data_dir):
+    """``{split: (uint8 images (N, 28, 28), int32 labels)}`` of the prepared copy, record order."""
+    from _mnist_mirror import u8
+
+    from jaxdiff.data import load_mnist
+
+    out = {}
+    for split in ("train", "test"):
+        x, y = load_mnist(split, data_dir=mnist_data_dir)
+        out[split] = (u8(x), y)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror(mnist_arrays, tmp_path_factory) -> Path:
+    from _mnist_mirror import write_mirror
+
+    folder = tmp_path_factory.mktemp("mnist-mirror")
+    write_mirror(folder, mnist_arrays)
+    return folder

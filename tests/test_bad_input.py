@@ -129,6 +129,67 @@ def _no_data(tmp: Path) -> list[str]:
     return ["--data-dir", "/nonexistent/tfds", "--out", str(tmp)]
 
 
+@contextlib.contextmanager
+def _fresh_machine(tmp: Path, **env: str):
+    """A user's machine with no prepared MNIST: empty HOME and cache, no TFDS_DATA_DIR."""
+    saved = dict(os.environ)
+    os.environ.pop("TFDS_DATA_DIR", None)
+    os.environ.update({"HOME": str(tmp / "home"), "JAXDIFF_CACHE_DIR": str(tmp / "cache"), **env})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _mirror(tmp: Path, size: int) -> str:
+    """A file:// mirror whose t10k images file has ``size`` zero bytes (not the real file)."""
+    folder = tmp / "mirror"
+    folder.mkdir()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(bytes(size))
+    return folder.as_uri() + "/"
+
+
+def _download(tmp: Path, url: str, **env: str) -> str:
+    with _fresh_machine(tmp, JAXDIFF_MNIST_URL=url, **env):
+        message = _raised(lambda: data.load_mnist("test", progress=False))
+    assert not list((tmp / "cache").rglob("*.*")), "a failed download left files in the cache"
+    return message
+
+
+def _download_http_error(tmp: Path) -> str:
+    import functools
+    import http.server
+    import threading
+
+    (tmp / "empty").mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp / "empty"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        message = _download(tmp, f"http://127.0.0.1:{port}/")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    return message.replace(f"127.0.0.1:{port}", "127.0.0.1:PORT")
+
+
+def _download_cli(tmp: Path, **env: str) -> str:
+    with _fresh_machine(tmp, **env):
+        return _cli(mnist, mnist.MnistConfig, ["--out", str(tmp / "run")], usage=False)
+
+
+def _bad_checksum_table(tmp: Path) -> str:
+    (tmp / "sums.tsv").write_text("t10k-images-idx3-ubyte.gz 1648877 8d422c7b\n")
+    return _download(tmp, _mirror(tmp, 10), JAXDIFF_MNIST_SHA256=str(tmp / "sums.tsv"))
+
+
 def _no_samples(tmp: Path) -> list[str]:
     return ["--kind", "mnist", "--samples", "/nonexistent.npy"]
 
@@ -257,7 +318,35 @@ CASES: dict[str, tuple[str, Callable[[Path], str]]] = {
     ),
     "cli-data": (
         "`python -m experiments.mnist --data-dir /nonexistent/tfds`",
-        lambda tmp: _cli(mnist, mnist.MnistConfig, _no_data(tmp), usage=True),
+        lambda tmp: _cli(mnist, mnist.MnistConfig, _no_data(tmp), usage=False),
+    ),
+    "download-offline": (
+        "`python -m experiments.mnist` with no prepared MNIST and no network (simulated with "
+        "`JAXDIFF_MNIST_URL=http://127.0.0.1:9/`)",
+        lambda tmp: _download_cli(tmp, JAXDIFF_MNIST_URL="http://127.0.0.1:9/"),
+    ),
+    "download-http-error": (
+        '`load_mnist("test")` from a mirror that answers 404',
+        _download_http_error,
+    ),
+    "download-checksum": (
+        '`load_mnist("test")` from a mirror serving another file of the official size',
+        lambda tmp: _download(tmp, _mirror(tmp, 1_648_877)),
+    ),
+    "download-truncated": (
+        '`load_mnist("test")` when the transfer stops after 1,000 bytes, twice',
+        lambda tmp: _download(tmp, _mirror(tmp, 1_000)),
+    ),
+    "download-cache-unwritable": (
+        "`JAXDIFF_CACHE_DIR=DIR/notes.txt/cache python -m experiments.mnist` (a file in the path)",
+        lambda tmp: (
+            (tmp / "notes.txt").write_text("not a folder"),
+            _download_cli(tmp, JAXDIFF_CACHE_DIR=str(tmp / "notes.txt" / "cache")),
+        )[1],
+    ),
+    "download-bad-checksum-table": (
+        "`JAXDIFF_MNIST_SHA256=sums.tsv` with spaces instead of tabs",
+        _bad_checksum_table,
     ),
     "cli-schedule-conflict": (
         "`python -m experiments.toy2d --tutorial-schedule --schedule cosine`",

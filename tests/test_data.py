@@ -1,16 +1,13 @@
 """Tests for jaxdiff.data: MNIST (tfds array_record), digits, point clouds, mixtures, batching.
 
-MNIST tests need a prepared tensorflow-datasets folder named by ``TFDS_DATA_DIR`` (in this
-workspace: ``TFDS_DATA_DIR=../shared/tensorflow_datasets``); without it they are skipped. Nothing
-here touches the network.
+MNIST tests need a prepared tensorflow-datasets folder named by ``TFDS_DATA_DIR``; without it they
+are skipped. Nothing here touches the network (tests/test_mnist_download.py covers downloads).
 """
 
 from __future__ import annotations
 
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import jax
@@ -50,7 +47,7 @@ def test_mnist_test_split(mnist_test):
 
 
 def test_mnist_matches_tfds_decoding(mnist_test, mnist_data_dir):
-    """The vectorised PNG decoder gives the same pixels and labels as TFDS's own decoding."""
+    """The decoded (and cached) arrays give the same pixels and labels as TFDS's own decoding."""
     import tensorflow_datasets as tfds
 
     source = tfds.data_source("mnist", split="test", data_dir=mnist_data_dir, download=False)
@@ -73,6 +70,27 @@ def test_mnist_limit_and_slices(mnist_test, mnist_data_dir):
     images, labels = data.load_mnist("test[9990:]", data_dir=mnist_data_dir, limit=100)
     assert images.shape == (10, 28, 28, 1)
     np.testing.assert_array_equal(labels, mnist_test[1][9990:])
+
+
+@pytest.mark.parametrize(
+    "spec", ["test[:90%]", "test[33.3%:66.6%]", "test[-10%:]", "test[100:-100]", "test[-5:]"]
+)
+def test_mnist_slices_follow_tfds(spec, mnist_data_dir):
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source("mnist", split=spec, data_dir=mnist_data_dir, download=False)
+    images, labels = data.load_mnist(spec, data_dir=mnist_data_dir)
+    assert len(labels) == len(source)
+    for i in (0, len(source) - 1):
+        assert labels[i] == source[i]["label"]
+        got = np.round((images[i, ..., 0] + 1.0) * 127.5).astype(np.uint8)
+        np.testing.assert_array_equal(got, source[i]["image"][..., 0])
+
+
+@pytest.mark.parametrize("spec", ["test[1%:5]", "test[200%:]", "test[1.5:]", "test[:", "all"])
+def test_mnist_bad_slices_raise_before_reading(spec, tmp_path):
+    with pytest.raises(ValueError, match="split must be"):
+        data.load_mnist(spec, data_dir=tmp_path)
 
 
 def test_mnist_train_limit(mnist_data_dir):
@@ -171,82 +189,6 @@ def test_import_is_lazy():
     code = "import sys, jaxdiff.data; print('tensorflow_datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # TFDS is imported only inside load_mnist
-
-
-# --------------------------------------------------------------------------------------------------
-# PNG decoder (no data needed): every PNG filter type, against PIL
-# --------------------------------------------------------------------------------------------------
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    return a if pa <= pb and pa <= pc else b if pb <= pc else c
-
-
-def _encode_gray_png(image: np.ndarray, filters: list[int], split_idat: bool = False) -> bytes:
-    """A minimal 8-bit grayscale PNG encoder using the given filter type for each row."""
-    height, width = image.shape
-    img = image.astype(int)
-    stream = bytearray()
-    for y, f in enumerate(filters):
-        stream.append(f)
-        for x in range(width):
-            a = img[y, x - 1] if x else 0
-            b = img[y - 1, x] if y else 0
-            c = img[y - 1, x - 1] if x and y else 0
-            pred = [0, a, b, (a + b) // 2, _paeth(a, b, c)][f]
-            stream.append((img[y, x] - pred) % 256)
-    compressed = zlib.compress(bytes(stream))
-    idats = [compressed[:7], compressed[7:]] if split_idat else [compressed]
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + b"".join(_chunk(b"IDAT", d) for d in idats)
-        + _chunk(b"IEND", b"")
-    )
-
-
-def test_png_decoder_all_filter_types():
-    import io
-
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(12, 9, 7), dtype=np.uint8)
-    images[3] = 255  # saturated and smooth images exercise the predictors' wrap-around
-    images[4] = np.add.outer(np.arange(9), np.arange(7)).astype(np.uint8) * 20
-    pngs = [
-        _encode_gray_png(img, [int(f) for f in rng.integers(0, 5, size=9)], split_idat=i == 5)
-        for i, img in enumerate(images)
-    ]
-    decoded = data._decode_gray_pngs(pngs)
-    assert decoded is not None and decoded.dtype == np.uint8
-    np.testing.assert_array_equal(decoded, images)
-    for png, img in zip(pngs, images, strict=True):  # the test encoder writes valid PNGs
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), img)
-
-
-def test_png_decoder_declines_other_formats():
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, format="PNG")
-    assert data._decode_gray_pngs([buf.getvalue()]) is None
-    gray = _encode_gray_png(np.zeros((4, 4), np.uint8), [0] * 4)
-    other = _encode_gray_png(np.zeros((5, 4), np.uint8), [0] * 5)
-    assert data._decode_gray_pngs([gray, other]) is None  # mixed sizes
-    assert data._decode_gray_pngs([gray[:30]]) is None  # truncated header
-    assert data._decode_gray_pngs([gray, gray[:-20]]) is None  # truncated image data
-    assert data._decode_gray_pngs([]) is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,13 +67,24 @@ def test_mnist_smoke_output_contract_and_resume(mnist_data_dir, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["train_steps"] == 9
 
 
-def test_mnist_class_conditional_smoke(mnist_data_dir, tmp_path):
+def test_mnist_class_conditional_smoke_on_a_fresh_machine(mnist_mirror, tmp_path, monkeypatch):
+    """No prepared copy anywhere (empty HOME, no TFDS_DATA_DIR): MNIST comes from a mirror of the
+    IDX files (``file://``), and the report says so."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    monkeypatch.setenv("JAXDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXDIFF_MNIST_URL", mnist_mirror.as_uri())
+    monkeypatch.setenv("JAXDIFF_MNIST_SHA256", str(mnist_mirror / "checksums.tsv"))
     out = tmp_path / "cond"
-    argv = [*TINY, "--out", str(out), "--data-dir", str(mnist_data_dir)]
+    argv = [*TINY, "--out", str(out)]
     _run([*argv, "--class-conditional", "--guidance-scale", "2", "--train-steps", "3"])
     labels = np.load(out / "labels.npy")
     assert labels.shape == (12,) and set(labels.tolist()) == set(range(10))
     assert (out / "samples_by_class.png").is_file()
+    source = json.loads((out / "metrics.json").read_text())["data_source"]
+    assert source.startswith(f"MNIST IDX files from {mnist_mirror.as_uri()}/"), source
+    assert source in (out / "report.md").read_text()
+    assert (tmp_path / "cache" / "datasets" / "mnist" / "idx" / "train.npz").is_file()
 
 
 def _cli(*args, env=None):
