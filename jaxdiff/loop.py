@@ -6,6 +6,9 @@
   on a dataset that lives on the devices (batch indices drawn inside the compiled function) or on
   stacked host batches from an iterator (streaming, e.g. ``jaxdiff.sharding.prefetch_to_device``);
   calls are shortened so that checkpoints and hooks fall exactly on their step multiples;
+- the host never makes the devices wait: each call's metrics come back in one transfer, fetched
+  after the next call has been dispatched (one call behind), except where a checkpoint or a hook
+  needs the state, which waits for the call it follows;
 - a tqdm bar shows loss, steps/s, images/s and the ETA;
 - every step's metrics are appended to ``metrics.jsonl`` (:class:`jaxdiff.outputs.MetricsLog`);
 - a non-finite loss stops training with :class:`NonFiniteLossError` naming the first bad step;
@@ -142,13 +145,51 @@ def fit(
         ):
             last_saved = step
 
+    pending = None  # (first step, steps, device metrics) of the call whose metrics are unread
+    checked = start  # every loss up to this step was read and is finite
+    last_read = time.perf_counter()
+
+    def read(call) -> None:
+        """Fetch one call's metrics (one transfer), log them, stop on a non-finite loss."""
+        nonlocal smoothed, last_read, checked
+        first, n, metrics = call
+        host = {k: np.asarray(v, np.float64) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        call_time, last_read = now - last_read, now
+        losses = host["loss"]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            if checkpointer is not None:
+                checkpointer.wait()
+            raise NonFiniteLossError(
+                first + int(bad[0]) + 1,
+                last_saved,
+                str(checkpointer.directory) if checkpointer is not None else None,
+            )
+        for i in range(n):
+            record = {"step": first + i + 1}
+            record.update({name: float(v[i]) for name, v in host.items()})
+            record["time"] = round(now - t0, 3)
+            records.append(record)
+            if metrics_log is not None and main:
+                metrics_log.write(record)
+        checked = first + n
+        mean_loss = float(losses.mean())
+        smoothed = mean_loss if smoothed is None else 0.9 * smoothed + 0.1 * mean_loss
+        bar.update(n)
+        bar.set_postfix(
+            loss=f"{smoothed:.4f}",
+            steps_s=f"{n / call_time:.2f}",
+            img_s=f"{n * batch_size / call_time:.0f}",
+            refresh=False,
+        )
+
     try:
         while step < num_steps:
             n = min(k, num_steps - step)
             if on_device:
                 if everies:
                     n = min(n, _next_event(step, everies) - step)
-                call_start = time.perf_counter()
                 state, metrics = trainer.steps_on_data(state, data, batch_size, n)
             else:
                 try:
@@ -158,53 +199,35 @@ def fit(
                         f"the batch iterator ran out at step {step} of {num_steps}; give an "
                         "iterator that cycles over epochs (or fewer training steps)"
                     ) from None
-                call_start = time.perf_counter()
                 state, metrics = trainer.steps(state, batches)
                 n = int(jax.tree_util.tree_leaves(batches)[0].shape[0])
-            host = {name: np.asarray(jax.device_get(v), np.float64) for name, v in metrics.items()}
-            call_time = time.perf_counter() - call_start
-            losses = host["loss"]
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                if checkpointer is not None:
-                    checkpointer.wait()
-                raise NonFiniteLossError(
-                    step + int(bad[0]) + 1,
-                    last_saved,
-                    str(checkpointer.directory) if checkpointer is not None else None,
-                )
-            now = time.perf_counter() - t0
-            for i in range(n):
-                record = {"step": step + i + 1}
-                record.update({name: float(v[i]) for name, v in host.items()})
-                record["time"] = round(now, 3)
-                records.append(record)
-                if metrics_log is not None and main:
-                    metrics_log.write(record)
+            if pending is not None:  # the previous call's metrics, while this call runs
+                read(pending)
+            pending = (step, n, metrics)
             step += n
-            mean_loss = float(losses.mean())
-            smoothed = mean_loss if smoothed is None else 0.9 * smoothed + 0.1 * mean_loss
-            bar.update(n)
-            bar.set_postfix(
-                loss=f"{smoothed:.4f}",
-                steps_s=f"{n / call_time:.2f}",
-                img_s=f"{n * batch_size / call_time:.0f}",
-                refresh=False,
-            )
-            save(force=False)
-            for every, fn in hooks:
-                if step % every == 0 or step == num_steps:
+            due = [fn for every, fn in hooks if step % every == 0 or step == num_steps]
+            save_due = checkpointer is not None and (not save_every or step % save_every == 0)
+            if due or save_due or step == num_steps:
+                read(pending)  # never save or show a state whose loss was not checked
+                pending = None
+                save(force=False)
+                for fn in due:
                     fn(step, state)
+        if pending is not None:
+            read(pending)
         save(force=True)
     except KeyboardInterrupt:
         # Keep the newest valid state, then let the caller stop. The interrupt may land after a
         # call returned but before ``step`` advanced, so the state's own step names the
         # checkpoint; if it landed inside the call, ``state`` was donated and cannot be saved
-        # (the last periodic checkpoint then stands).
+        # (the last periodic checkpoint then stands). A state is saved only once every loss up
+        # to its step has been read and found finite.
+        if pending is not None and pending[0] == checked:  # unread, and not half-read
+            read(pending)
         if checkpointer is not None:
             try:
                 step = int(jax.device_get(state.step))
-                if step > start:
+                if step > start and step == checked:
                     save(force=True)
                     checkpointer.wait()
             except (RuntimeError, ValueError) as e:

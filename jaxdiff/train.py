@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxdiff.data import permutation_cache, take_batch_cached
+from jaxdiff.data import batch_index_table, permutation_cache, take_batch_cached
 from jaxdiff.losses import WEIGHTINGS, denoising_loss
 from jaxdiff.parameterization import PREDICTIONS
 from jaxdiff.schedules import Schedule
@@ -77,11 +77,14 @@ OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 BATCH_KEYS = ("x", "labels")
 
-# K (steps per compiled call) and lax.scan's unroll per backend; see default_scan_options.
-_SCAN_DEFAULTS: dict[str, tuple[int, bool | int]] = {
-    "cpu": (4, True),
-    "gpu": (10, 1),
-    "tpu": (10, 1),
+BATCH_DRAWS = ("cond", "table")
+
+# K (steps per compiled call), lax.scan's unroll and how on-device batches are drawn, per
+# backend; see default_scan_options.
+_SCAN_DEFAULTS: dict[str, tuple[int, bool | int, str]] = {
+    "cpu": (4, True, "cond"),
+    "gpu": (10, 1, "table"),
+    "tpu": (10, 1, "table"),
 }
 
 
@@ -121,6 +124,12 @@ class TrainConfig:
     Compiled loop (:class:`Trainer`):
       steps_per_call: K, steps per compiled call (``lax.scan``); ``None``: per-backend default.
       unroll: ``lax.scan`` unroll (``True`` = fully); ``None``: per-backend default.
+      batch_draw: how :meth:`Trainer.steps_on_data` draws its batches (the same batches either
+        way): ``"cond"`` re-sorts the epoch's permutation under a ``lax.cond`` only when a step
+        starts a new epoch (cheapest on a CPU); ``"table"`` draws all the call's batch indices
+        up front with no data-dependent control flow (:func:`jaxdiff.data.batch_index_table`;
+        XLA:GPU would read a ``cond``'s predicate on the host at every step); ``None``:
+        per-backend default. Set these three to force one backend's configuration on another.
     """
 
     learning_rate: float = 2e-4
@@ -144,6 +153,7 @@ class TrainConfig:
     label_dropout: float = 0.0
     steps_per_call: int | None = None
     unroll: bool | int | None = None
+    batch_draw: str | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -213,25 +223,35 @@ class TrainConfig:
             )
         if self.unroll is not None and not isinstance(self.unroll, bool) and self.unroll < 1:
             raise ValueError(f"unroll must be True/False or an int >= 1; got {self.unroll}.")
+        if self.batch_draw is not None and self.batch_draw not in BATCH_DRAWS:
+            raise ValueError(
+                f"batch_draw must be one of {BATCH_DRAWS} or None (backend default); got "
+                f"{self.batch_draw!r}."
+            )
 
 
-def default_scan_options(backend: str | None = None) -> tuple[int, bool | int]:
-    """``(steps_per_call, unroll)`` defaults for ``backend`` (default ``jax.default_backend()``).
+def default_scan_options(backend: str | None = None) -> tuple[int, bool | int, str]:
+    """``(steps_per_call, unroll, batch_draw)`` defaults for ``backend`` (default
+    ``jax.default_backend()``; ``"cuda"``/``"rocm"`` count as ``"gpu"``).
 
     Measured on a 2-core CPU (benchmarks/bench_train.py): XLA:CPU runs a *rolled* ``lax.scan``
     of a conv net many times slower than single jitted calls, while a fully unrolled scan is
     faster than single calls; so the CPU default unrolls (K=4 keeps compile time moderate).
-    On GPU/TPU a rolled scan is the usual choice (compile time independent of K).
+    On GPU/TPU a rolled scan is the usual choice (compile time independent of K), with batch
+    indices drawn without data-dependent control flow (see ``TrainConfig.batch_draw``).
     """
     backend = jax.default_backend() if backend is None else backend
     return _SCAN_DEFAULTS.get(backend, _SCAN_DEFAULTS["gpu"])
 
 
-def _scan_options(config: TrainConfig) -> tuple[int, bool | int]:
-    k, unroll = default_scan_options()
+def scan_options(config: TrainConfig, backend: str | None = None) -> tuple[int, bool | int, str]:
+    """``(steps_per_call, unroll, batch_draw)``: ``config``'s, with ``None`` fields taken from
+    :func:`default_scan_options` for ``backend``."""
+    k, unroll, draw = default_scan_options(backend)
     k = k if config.steps_per_call is None else int(config.steps_per_call)
     unroll = unroll if config.unroll is None else config.unroll
-    return k, unroll
+    draw = draw if config.batch_draw is None else config.batch_draw
+    return k, unroll, draw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,6 +507,7 @@ def make_data_multi_step(
     *,
     unroll: bool | int = 1,
     sharding: jax.sharding.Sharding | None = None,
+    batch_draw: str = "cond",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """K steps in one ``lax.scan``, each drawing its batch from a dataset held on the device.
 
@@ -495,9 +516,12 @@ def make_data_multi_step(
     Step n takes ``jaxdiff.data.take_batch(data, fold_in(state.key, 1), n, batch_size)``: an
     epoch-wise permutation drawn inside the compiled function, remainder dropped. ``sharding``
     (e.g. ``batch_sharding(mesh)``) constrains the drawn batch so the step runs data-parallel.
-    Metrics are ``(K,)``.
+    ``batch_draw`` picks how the indices are drawn (``TrainConfig.batch_draw``: ``"cond"`` or
+    ``"table"``, bitwise the same batches). Metrics are ``(K,)``.
     """
     k = _check_k(k)
+    if batch_draw not in BATCH_DRAWS:
+        raise ValueError(f"batch_draw must be one of {BATCH_DRAWS}; got {batch_draw!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise ValueError(f"batch_size must be a Python int; got {batch_size!r}.")
 
@@ -505,6 +529,20 @@ def make_data_multi_step(
         data = dict(data)
         _, data_key = _stream_keys(state.key)
         n = int(jax.tree_util.tree_leaves(data)[0].shape[0])
+
+        def run(state, batch):
+            if sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, sharding)
+            return train_step(state, batch)
+
+        if batch_draw == "table":  # every index up front; a scan with no control flow
+            table = batch_index_table(data_key, state.step, n, int(batch_size), k)
+
+            def table_body(state, idx):
+                return run(state, jax.tree_util.tree_map(lambda a: jnp.take(a, idx, 0), data))
+
+            return jax.lax.scan(table_body, state, table, unroll=unroll)
+
         # The epoch's permutation is sorted once per call and again only when a step crosses
         # into a new epoch: the same batches as take_batch, without a sort per step.
         cache = permutation_cache(data_key, state.step, n, int(batch_size))
@@ -512,9 +550,7 @@ def make_data_multi_step(
         def body(carry, _):
             state, cache = carry
             batch, cache = take_batch_cached(data, data_key, state.step, int(batch_size), cache)
-            if sharding is not None:
-                batch = jax.lax.with_sharding_constraint(batch, sharding)
-            state, metrics = train_step(state, batch)
+            state, metrics = run(state, batch)
             return (state, cache), metrics
 
         (state, _), metrics = jax.lax.scan(body, (state, cache), None, length=k, unroll=unroll)
@@ -562,8 +598,8 @@ class Trainer:
         self.mesh = make_mesh() if mesh is None else mesh
         self.tx = make_optimizer(config)
         self.train_step = make_train_step(apply, schedule, config, self.tx)
-        self.steps_per_call, self.unroll = _scan_options(config)
         self.platform = self.mesh.devices.flat[0].platform
+        self.steps_per_call, self.unroll, self.batch_draw = scan_options(config, self.platform)
         rep = replicated_sharding(self.mesh)
         self._replicated = rep
         self._step = _jit(  # with jaxdiff.xla_options' options for the platform
@@ -667,6 +703,7 @@ class Trainer:
                     k,
                     unroll=self.unroll,
                     sharding=batch_sharding(self.mesh),
+                    batch_draw=self.batch_draw,
                 ),
                 platform=self.platform,
                 in_shardings=(self._replicated, self._replicated),

@@ -208,3 +208,31 @@ def test_interrupt_saves_the_newest_state(setup, tmp_path):
         assert ckpt.all_steps() == [4]
         restored, _ = ckpt.restore(trainer.init_state(params, 0))
         assert int(restored.step) == 4
+
+
+def test_the_gpu_style_loop_reads_metrics_once_per_call_one_call_behind(setup, monkeypatch):
+    """A rolled K=10 scan with batch indices drawn without control flow (the GPU/TPU defaults,
+    forced on the CPU), under ``jax.transfer_guard("disallow")``: no implicit transfer anywhere,
+    one explicit device-to-host fetch per compiled call, and each call's metrics read only after
+    the next call has been dispatched, so the devices never wait for the host's logging."""
+    _, params, data = setup
+    _, _, apply = split_model(SinusoidalMLP(2, hidden=16, depth=1, time_dim=8, rngs=nnx.Rngs(0)))
+    config = TrainConfig(learning_rate=1e-3, steps_per_call=10, unroll=1, batch_draw="table")
+    trainer = Trainer(apply, make_schedule("linear", num_steps=20), config)
+    assert (trainer.steps_per_call, trainer.unroll, trainer.batch_draw) == (10, 1, "table")
+    on_device = trainer.put_data({"x": data})
+    state = trainer.init_state(params, 0)
+
+    events: list[str] = []
+    real_get, real_call = jax.device_get, trainer.steps_on_data
+    monkeypatch.setattr(jax, "device_get", lambda x: (events.append("get"), real_get(x))[1])
+    monkeypatch.setattr(
+        trainer, "steps_on_data", lambda *a: (events.append("call"), real_call(*a))[1]
+    )
+    with jax.transfer_guard("disallow"):
+        state, records = fit(trainer, state, on_device, num_steps=50, batch_size=16, progress=False)
+    assert [r["step"] for r in records] == list(range(1, 51))
+    assert int(real_get(state.step)) == 50
+    # The start step; then call 1, call 2 before call 1's metrics, ...; the last call is read
+    # at the end (before the final save).
+    assert events == ["get", "call"] + ["call", "get"] * 4 + ["get"]

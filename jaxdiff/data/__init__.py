@@ -20,6 +20,7 @@ prepared copy); scikit-learn is imported lazily too, so ``import jaxdiff`` stays
 
 from jaxdiff.data.batching import (
     PermutationCache,
+    batch_index_table,
     batch_indices,
     epoch_permutation,
     permutation_cache,
@@ -47,6 +48,7 @@ __all__ = [
     "DataNotFoundError",
     "DownloadError",
     "PermutationCache",
+    "batch_index_table",
     "batch_indices",
     "check_images",
     "epoch_permutation",

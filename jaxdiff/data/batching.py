@@ -3,7 +3,10 @@
 * :func:`epoch_permutation` / :func:`batch_indices` / :func:`take_batch` -- jittable batch
   selection from a per-epoch random permutation.
 * :func:`permutation_cache` / :func:`take_batch_cached` -- the same batches, with the epoch's
-  permutation computed once per compiled call instead of once per step.
+  permutation computed once per compiled call instead of once per step (a ``lax.cond`` per step:
+  the CPU's choice);
+* :func:`batch_index_table` -- the same batches for ``k`` steps at once, without any
+  data-dependent control flow (the GPU's and TPU's choice).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "PermutationCache",
+    "batch_index_table",
     "batch_indices",
     "epoch_permutation",
     "permutation_cache",
@@ -127,6 +131,30 @@ def take_batch_cached(data, key: jax.Array, step, batch_size: int, cache: Permut
     idx = jax.lax.dynamic_slice_in_dim(perm, (step % spe) * batch_size, batch_size)
     batch = jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, idx, axis=0), data)
     return batch, PermutationCache(epoch, perm)
+
+
+def batch_index_table(key: jax.Array, first_step, n: int, batch_size: int, k: int) -> jax.Array:
+    """The batch indices of ``k`` consecutive steps, int32 ``(k, batch_size)``, with no
+    data-dependent control flow.
+
+    Row ``i`` equals ``batch_indices(key, first_step + i, n, batch_size)`` bitwise. The ``k``
+    steps touch at most ``E = (k - 1) // spe + 2`` epochs (``spe = n // batch_size``), so the
+    permutations of the ``E`` epochs from ``first_step``'s on are all drawn (one batched sort)
+    and each step gathers its slice: no ``lax.cond``, whose predicate XLA:GPU reads on the host,
+    at the price of one extra sort per call when ``E = 2``. ``first_step`` may be traced; ``n``,
+    ``batch_size`` and ``k`` are static Python ints.
+    """
+    spe = _check_batching(n, batch_size)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a Python int >= 1 (static under jit); got {k!r}.")
+    n, batch_size, k = int(n), int(batch_size), int(k)
+    first = jnp.asarray(first_step, dtype=jnp.int32)
+    e0 = first // spe
+    epochs = e0 + jnp.arange((k - 1) // spe + 2, dtype=jnp.int32)
+    perms = jax.vmap(lambda e: _permutation(jax.random.fold_in(key, e), n))(epochs)  # (E, n)
+    steps = first + jnp.arange(k, dtype=jnp.int32)
+    starts = (steps // spe - e0) * n + (steps % spe) * batch_size  # (k,) offsets into perms
+    return perms.reshape(-1)[starts[:, None] + jnp.arange(batch_size, dtype=jnp.int32)]
 
 
 def take_batch(data, key: jax.Array, step, batch_size: int):

@@ -48,6 +48,7 @@ __all__ = [
     "UNet",
     "Upsample",
     "improved_denoiser_8x8",
+    "nearest_resize",
     "unet_level_sizes",
     "unet_mnist",
     "unet_mnist_small",
@@ -192,8 +193,34 @@ class Upsample(nnx.Module):
         )  # fmt: skip
 
     def __call__(self, x: jax.Array, size: tuple[int, int]) -> jax.Array:
-        b, _, _, c = x.shape
-        return self.conv(jax.image.resize(x, (b, size[0], size[1], c), method="nearest"))
+        return self.conv(nearest_resize(x, size))
+
+
+def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Nearest-neighbour resize ``(B, h, w, C) -> (B, H, W, C)`` with a deterministic gradient.
+
+    The values equal ``jax.image.resize(x, (B, H, W, C), "nearest")``, whose backward pass is a
+    scatter-add: atomics on a GPU, so gradients (and a resumed run) could differ from one run to
+    the next. Here an integer factor repeats each pixel (backward: a reshape and a sum) and any
+    other size (4 -> 7) selects the source pixels with a 0/1 matrix product at full precision
+    (backward: the transposed product). Neither has a scatter, on any backend.
+    """
+    for axis, n_out in ((1, int(size[0])), (2, int(size[1]))):
+        n_in = x.shape[axis]
+        if n_out == n_in:
+            continue
+        if n_out % n_in == 0:
+            x = jnp.repeat(x, n_out // n_in, axis=axis)
+            continue
+        # jax.image.resize's own choice of source pixel for every output position
+        src = jax.image.resize(jnp.arange(n_in, dtype=jnp.float32), (n_out,), "nearest")
+        select = jax.nn.one_hot(src.astype(jnp.int32), n_in, dtype=x.dtype)  # (n_out, n_in)
+        x = jnp.moveaxis(
+            jnp.tensordot(select, x, axes=((1,), (axis,)), precision=jax.lax.Precision.HIGHEST),
+            0,
+            axis,
+        )
+    return x
 
 
 class _Level(nnx.Module):
