@@ -11,6 +11,7 @@ Run (from the repository root)::
     python benchmarks/bench_train.py --model mlp --batch 512 --k 1 10 --unroll 1 true
     python benchmarks/bench_train.py --data device    # batches drawn on the device
     python benchmarks/bench_train.py --model unet16 --batch 32 --conv-grad matmul xla
+    python benchmarks/bench_train.py --model unet16 --batch 32 --upsample repeat image_resize
 
 ``--k`` and ``--unroll`` take several values and time every combination (``--unroll true``
 unrolls the scan fully; ``auto`` uses :func:`jaxdiff.train.default_scan_options`).
@@ -22,6 +23,7 @@ U-Net of ``unet_mnist_small`` at base 16 channels), ``cnn`` (``SmallCNN``), ``ml
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -72,6 +74,23 @@ def _unroll(text: str):
     return int(text)
 
 
+@contextlib.contextmanager
+def upsampling(kind: str):
+    """The U-Net's upsampling while tracing: ``repeat`` (jaxdiff's ``nearest_resize``, no
+    scatter in its gradient) or ``image_resize`` (``jax.image.resize``, used before)."""
+    from jaxdiff.models import unet
+
+    original = unet.nearest_resize
+    if kind == "image_resize":
+        unet.nearest_resize = lambda x, size: jax.image.resize(
+            x, (x.shape[0], *size, x.shape[-1]), method="nearest"
+        )
+    try:
+        yield
+    finally:
+        unet.nearest_resize = original
+
+
 def prepare(model_name, batch, k, unroll, data_mode, conv_grad):
     """Build the trainer and run its first (compiling) call: ``(call, state, k, unroll, s)``."""
     from jaxdiff.models import split_model
@@ -111,15 +130,21 @@ def prepare(model_name, batch, k, unroll, data_mode, conv_grad):
     return call, state, k, unroll, time.perf_counter() - start
 
 
-def bench(model_name, batch, k, unroll, steps, repeats, data_mode, conv_grads):
-    """Time each ``conv_grads`` variant, alternating between them repeat by repeat."""
+def bench(
+    model_name, batch, k, unroll, steps, repeats, data_mode, conv_grads, upsamples=("repeat",)
+):
+    """Time each (conv gradient, upsampling) variant, alternating between them repeat by repeat."""
     runs = {}
     for conv_grad in conv_grads:
-        call, state, k_, unroll_, compile_s = prepare(
-            model_name, batch, k, unroll, data_mode, conv_grad
-        )
-        runs[conv_grad] = dict(call=call, state=state, k=k_, unroll=unroll_,
-                               compile_s=compile_s, per_step=[], metrics=None)  # fmt: skip
+        for upsample in upsamples:
+            with upsampling(upsample):
+                call, state, k_, unroll_, compile_s = prepare(
+                    model_name, batch, k, unroll, data_mode, conv_grad
+                )
+            runs[conv_grad, upsample] = dict(
+                call=call, state=state, k=k_, unroll=unroll_, compile_s=compile_s, per_step=[],
+                metrics=None,
+            )  # fmt: skip
     for _ in range(repeats):
         for r in runs.values():
             calls = max(1, steps // r["k"])
@@ -128,12 +153,12 @@ def bench(model_name, batch, k, unroll, steps, repeats, data_mode, conv_grads):
                 r["state"], r["metrics"] = r["call"](r["state"])
             jax.block_until_ready(r["metrics"])
             r["per_step"].append((time.perf_counter() - start) / (calls * r["k"]))
-    for conv_grad, r in runs.items():
+    for (conv_grad, upsample), r in runs.items():
         median = statistics.median(r["per_step"])
         loss = float(np.ravel(np.asarray(r["metrics"]["loss"]))[-1])
         print(
             f"{model_name:17s} batch={batch:4d} K={r['k']:3d} unroll={r['unroll']!s:5s} "
-            f"data={data_mode:6s} conv-grad={conv_grad:6s} "
+            f"data={data_mode:6s} conv-grad={conv_grad:6s} upsample={upsample:12s} "
             f"compile+first={r['compile_s']:7.2f}s  step={median * 1e3:8.1f} ms  "
             f"{batch / median:9.1f} examples/s  (min {min(r['per_step']) * 1e3:.1f} ms, "
             f"{repeats}x{max(1, steps // r['k']) * r['k']} steps, loss {loss:.3f})",
@@ -155,6 +180,10 @@ def main(argv=None):
         help="U-Net kernel gradients: matmul (jaxdiff.models.conv, the default) and/or xla; "
         "several are timed alternately",
     )  # fmt: skip
+    parser.add_argument(
+        "--upsample", choices=("repeat", "image_resize"), nargs="+", default=["repeat"],
+        help="U-Net upsampling: repeat (jaxdiff's, the default) and/or image_resize (before)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     print(
         f"backend={jax.default_backend()} devices={jax.device_count()} "
@@ -164,7 +193,7 @@ def main(argv=None):
     for k in args.k:
         for unroll in args.unroll:
             bench(args.model, args.batch, k, unroll, args.steps, args.repeats, args.data,
-                  args.conv_grad)  # fmt: skip
+                  args.conv_grad, args.upsample)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from jaxdiff.accelerator import unused_gpu_message
 from jaxdiff.data import DataNotFoundError
+from jaxdiff.xla_options import enable_compilation_cache
 
 C = TypeVar("C")
 
@@ -150,10 +151,12 @@ def run_main(
     not. Anything else is a bug and keeps its traceback.
 
     Before ``main`` starts, a visible NVIDIA GPU that JAX does not use gets one warning line with
-    the install command.
+    the install command, and compiled programs are cached on disk
+    (:func:`jaxdiff.xla_options.enable_compilation_cache`) so that a rerun skips compilation.
     """
     parser = build_parser(cls, prog=prog)
     config = _parse(parser, cls, argv)
+    enable_compilation_cache()
     gpu_warning = unused_gpu_message()
     if gpu_warning:
         print(f"{prog}: {gpu_warning}", file=sys.stderr)

@@ -60,3 +60,19 @@ def test_bench_toy2d_step_compares_xla_options(capsys):
     assert "| 16 |" in out
     assert "jaxdiff (YNNPACK off): median" in out
     assert "XLA defaults: median" in out
+
+
+def test_gpu_check_refuses_a_cpu_and_smoke_tests_with_allow_cpu(tmp_path):
+    check = _load("gpu_check")
+    with pytest.raises(SystemExit, match="not a GPU"):
+        check.main(["--out", str(tmp_path / "no")])
+    argv = ["--allow-cpu", "--model", "tiny", "--batch", "8", "--steps", "2",
+            "--sample-batch", "2", "--dpm-steps", "2", "--ddpm-steps", "3", "--dtypes", "float32",
+            "--skip-experiment", "--out", str(tmp_path)]  # fmt: skip
+    report = check.main(argv)
+    assert [row["dtype"] for row in report["train"]] == ["float32"]
+    assert all(row["step_ms"] > 0 and row["step_gflop"] > 0 for row in report["train"])
+    assert report["rerun"]["bitwise_identical_10_steps"] is True
+    assert set(report["sampling"]) == {"dpm++_2", "ddpm_3"}
+    assert (tmp_path / "gpu_check.json").is_file()
+    assert "| float32 | tiny | 8 |" in (tmp_path / "gpu_check.md").read_text()

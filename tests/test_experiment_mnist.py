@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -126,7 +128,8 @@ def test_help_lists_every_option_with_its_default():
     for field in mnist.MnistConfig.__dataclass_fields__:
         flag = "--" + field.replace("_", "-")
         assert flag in result.stdout, flag
-    assert "(default: 1000)" in result.stdout  # --num-samples
+    assert "(default: 3)" in result.stdout  # --keep-checkpoints
+    assert "cpu 1000, gpu 10000" in result.stdout  # --num-samples, sized by the preset
 
 
 def test_presets_resolve_per_backend():
@@ -134,6 +137,23 @@ def test_presets_resolve_per_backend():
     gpu, _ = mnist.resolve(mnist.MnistConfig(), backend="gpu")
     assert cpu.preset == "cpu" and cpu.model == "compact" and cpu.num_samples >= 1000
     assert gpu.preset == "gpu" and gpu.model == "full"
+    assert (cpu.num_samples, gpu.num_samples) == (1000, 10_000)  # FID on 10,000 on accelerators
+    assert cpu.dtype == gpu.dtype == "float32"  # bfloat16 only once checked equal in quality
+    # The gpu preset brings the accelerator's loop wherever it runs; the cpu one the backend's.
+    gpu_tc = mnist.build(gpu, abstract=True)[3]
+    assert (gpu_tc.steps_per_call, gpu_tc.unroll, gpu_tc.batch_draw) == (10, 1, "table")
+    cpu_tc = mnist.build(cpu, abstract=True)[3]
+    assert (cpu_tc.steps_per_call, cpu_tc.unroll, cpu_tc.batch_draw) == (None, None, None)
+    # A preset batch is rounded to the devices; a named one is refused with the nearest sizes.
+    assert mnist.fit_batch_to_devices(gpu, False, 6).batch_size == 132
+    with pytest.raises(ValueError, match="use 126 or 132"):
+        mnist.fit_batch_to_devices(gpu, True, 6)
+    bf16, _ = mnist.resolve(mnist.MnistConfig(dtype="bfloat16", model="tiny"), backend="cpu")
+    apply, params, _, _ = mnist.build(bf16)
+    x, t = jnp.zeros((2, 28, 28, 1)), jnp.zeros((2,), jnp.int32)
+    traced = jax.make_jaxpr(apply)(params, x, t)
+    assert "bf16" in str(traced) and apply(params, x, t).dtype == jnp.float32
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype("float32")}
     assert (cpu.sampler, cpu.sample_steps) == ("ddpm", 25)
     assert (gpu.sampler, gpu.sample_steps) == ("dpm++", 20)
     assert (cpu.schedule, cpu.loss_weighting) == ("cosine", "min_snr")

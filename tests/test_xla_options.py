@@ -8,6 +8,10 @@ flag wins.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,3 +88,33 @@ def test_sampler_compiles_without_ynn_fusions(monkeypatch):
     text = jitted.lower(*args).compile().as_text()
     assert "__ynn_fusion" not in text
     assert "dot(" in text  # the MLP's products are there, as XLA's own dots
+
+
+def test_the_compilation_cache_keeps_programs_for_the_next_run(tmp_path):
+    """Two processes compile the same program; the second finds it in ``<cache>/xla``."""
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from jaxdiff.xla_options import enable_compilation_cache\n"
+        "hits = []\n"
+        "jax.monitoring.register_event_listener(\n"
+        "    lambda event, **kw: hits.append(event) if 'cache_hits' in event else None)\n"
+        "folder = enable_compilation_cache(min_compile_seconds=0)\n"
+        "f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())\n"
+        "f(jnp.ones((64, 64))).block_until_ready()\n"
+        "print(folder, len(hits))\n"
+    )
+    env = {**os.environ, "JAXDIFF_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip(), sorted(p.name for p in (tmp_path / "xla").iterdir())
+
+    first, entries = run()
+    assert first == f"{tmp_path / 'xla'} 0" and entries, "nothing was cached"
+    folder, hits = run()[0].split()
+    assert folder == str(tmp_path / "xla") and int(hits) >= 1  # loaded, not compiled again
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")  # a user's own setting wins
+    mine = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert mine.stdout.strip() == f"{tmp_path / 'mine'} 0"
