@@ -396,3 +396,15 @@ def test_no_tensorflow_in_any_dependency_list():
     text = (ROOT / "pyproject.toml").read_text()
     deps = [line for line in text.splitlines() if "tensorflow" in line.lower()]
     assert deps == ['    "tensorflow-datasets>=4.9.7",'], deps
+
+
+def test_the_readme_data_snippet_runs_on_a_fresh_machine(mnist_mirror, fresh, monkeypatch, capsys):
+    """README's ``py`` block on loading MNIST (not run by test_readme.py: it needs the data)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```py\n(.*?)```", readme, re.S) if "load_mnist" in b]
+    monkeypatch.setenv("JAXDIFF_MNIST_URL", mnist_mirror.as_uri())
+    monkeypatch.setenv("JAXDIFF_MNIST_SHA256", str(mnist_mirror / "checksums.tsv"))
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out.startswith("MNIST IDX files from file://")
