@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from jaxdiff.accelerator import unused_gpu_message
 from jaxdiff.data import DataNotFoundError
+from jaxdiff.sharding import initialize_distributed
 from jaxdiff.xla_options import enable_compilation_cache
 
 C = TypeVar("C")
@@ -150,12 +151,17 @@ def run_main(
     (a refused ``--out``, a missing ``--checkpoint``) also print the usage, errors about data do
     not. Anything else is a bug and keeps its traceback.
 
-    Before ``main`` starts, a visible NVIDIA GPU that JAX does not use gets one warning line with
+    A config with ``distributed=True`` (``--distributed``) first joins the multi-process run
+    (:func:`jaxdiff.sharding.initialize_distributed`: ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` or the cluster's own variables). Before ``main``
+    starts, a visible NVIDIA GPU that JAX does not use gets one warning line with
     the install command, and compiled programs are cached on disk
     (:func:`jaxdiff.xla_options.enable_compilation_cache`) so that a rerun skips compilation.
     """
     parser = build_parser(cls, prog=prog)
     config = _parse(parser, cls, argv)
+    if getattr(config, "distributed", False):  # before anything starts JAX's backend
+        initialize_distributed()
     enable_compilation_cache()
     gpu_warning = unused_gpu_message()
     if gpu_warning:

@@ -20,7 +20,7 @@ import jax
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import fit
 from jaxdiff.outputs import MetricsLog, prepare_run_dir
-from jaxdiff.sharding import is_main_process
+from jaxdiff.sharding import is_main_process, main_process_succeeded
 from jaxdiff.train import Trainer, TrainState
 
 __all__ = [
@@ -45,15 +45,26 @@ def log(msg: str) -> None:
 def open_run_dir(config: Any, cfg_dict: dict, may_differ: Sequence[str]) -> Path:
     """``config.out`` prepared for this run (``prepare_run_dir``) on the main process.
 
-    Other processes of a multi-process run only get the path: process 0 writes every file.
+    Other processes of a multi-process run only get the path: process 0 writes every file, and
+    every process waits at a barrier until the folder is ready (``--overwrite`` included).
     Raises what ``prepare_run_dir`` raises (a refused or unwritable ``--out``) before any work.
     """
-    if not is_main_process():
-        return Path(config.out)
-    return prepare_run_dir(
-        config.out, cfg_dict, resume=config.resume, overwrite=config.overwrite,
-        may_differ=may_differ,
-    )  # fmt: skip
+    out, error = Path(config.out), None
+    if is_main_process():
+        try:
+            out = prepare_run_dir(
+                config.out, cfg_dict, resume=config.resume, overwrite=config.overwrite,
+                may_differ=may_differ,
+            )  # fmt: skip
+        except (OSError, ValueError) as e:
+            error = e
+    # Every process waits here until the folder is ready, and stops too if process 0 could not
+    # prepare it (instead of waiting for it at the next collective).
+    if not main_process_succeeded(error is None):
+        if error is not None:
+            raise error
+        raise ValueError(f"process 0 could not prepare --out {config.out}; see its error")
+    return out
 
 
 def check_batch_divisible(batch_size: int, trainer: Trainer) -> None:

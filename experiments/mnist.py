@@ -59,7 +59,7 @@ from jaxdiff.models import (
 from jaxdiff.outputs import read_metrics, write_json, write_report
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import Schedule, make_schedule
-from jaxdiff.sharding import is_main_process
+from jaxdiff.sharding import is_main_process, local_copy
 from jaxdiff.train import TrainConfig, Trainer, eval_params, init_train_state, make_optimizer
 
 PROG = "python -m experiments.mnist"
@@ -284,6 +284,11 @@ class MnistConfig:
     resume: bool = field(False, "continue the run in --out from its latest checkpoint")
     overwrite: bool = field(False, "delete an earlier run in --out and start again")
     progress: bool = field(True, "show progress bars")
+    distributed: bool = field(
+        False,
+        "join a multi-process run (jax.distributed: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+        "JAX_PROCESS_ID, or the cluster's own variables); every process runs the same command",
+    )
 
     def __post_init__(self):
         for name in (
@@ -350,6 +355,7 @@ RESUMABLE = (
     "progress",
     "keep_checkpoints",
     "steps_per_call",
+    "distributed",
 )
 
 
@@ -589,7 +595,7 @@ def main(config: MnistConfig) -> dict:
         def sample_grid(step, st):
             result = sample(
                 apply,
-                eval_params(st),
+                local_copy(eval_params(st)),
                 schedule,
                 (n_grid, *images.shape[1:]),
                 jax.random.fold_in(key, 2),
@@ -619,7 +625,14 @@ def main(config: MnistConfig) -> dict:
 
     # Final samples (EMA parameters).
     final = _final_samples(
-        config, apply, eval_params(state), schedule, images.shape[1:], key, num_classes, guidance
+        config,
+        apply,
+        local_copy(eval_params(state)),
+        schedule,
+        images.shape[1:],
+        key,
+        num_classes,
+        guidance,
     )
     metrics: dict = {
         "train_steps": config.train_steps,

@@ -65,7 +65,7 @@ from jaxdiff.models import ConditionalMLP, count_params, split_model
 from jaxdiff.outputs import read_metrics, write_json, write_report
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import TERMINAL_SIGNAL_THRESHOLD, Schedule, make_schedule
-from jaxdiff.sharding import is_main_process
+from jaxdiff.sharding import is_main_process, local_copy
 from jaxdiff.train import TrainConfig, Trainer, eval_params
 
 PROG = "python -m experiments.toy2d"
@@ -130,6 +130,11 @@ class Toy2dConfig:
     resume: bool = field(False, "continue the run in --out from its latest checkpoint")
     overwrite: bool = field(False, "delete an earlier run in --out and start again")
     progress: bool = field(True, "show progress bars")
+    distributed: bool = field(
+        False,
+        "join a multi-process run (jax.distributed: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+        "JAX_PROCESS_ID, or the cluster's own variables); every process runs the same command",
+    )
 
     def __post_init__(self):
         positive = (
@@ -185,7 +190,7 @@ RESUMABLE = (
     "epochs", "train_steps", "sampler", "sample_steps", "variance", "num_samples", "gif_frames",
     "evaluate",
     "cache_dir", "resume", "overwrite", "progress", "keep_checkpoints", "checkpoint_every",
-    "steps_per_call",
+    "steps_per_call", "distributed",
 )  # fmt: skip
 
 
@@ -224,6 +229,9 @@ def host_batches(
     num_steps: int,
     chunk: int,
     boundaries: Sequence[int] = (),
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Stacks ``{"x": (K, B, D)}`` of the batches of steps ``start, start + 1, ...``.
 
@@ -231,9 +239,13 @@ def host_batches(
     full batches (the tutorial's ``torch.randperm`` loop, remainder dropped). Batch ``n`` depends
     only on ``(seed, n)``, so a resumed run sees exactly the batches it would have seen. Stacks
     end at multiples of ``chunk`` and of every ``boundaries`` entry (checkpoint intervals), and
-    at ``num_steps``; the generator stops there.
+    at ``num_steps``; the generator stops there. In a multi-process run each process gets its
+    slice of every global batch, rows ``[p * B / P, (p + 1) * B / P)`` (``(K, B / P, D)``), which
+    is where the data-parallel step puts them.
     """
     n = points.shape[0]
+    share = batch_size // process_count
+    rows = slice(process_index * share, (process_index + 1) * share)
     spe = n // batch_size
     perms: dict[int, np.ndarray] = {}
     step = start
@@ -247,7 +259,7 @@ def host_batches(
             if epoch not in perms:
                 perms = {epoch: np.random.default_rng([seed, epoch]).permutation(n)}
             idx.append(perms[epoch][pos * batch_size : (pos + 1) * batch_size])
-        yield {"x": points[np.stack(idx)]}
+        yield {"x": points[np.stack(idx)[:, rows]]}
         step = stop
 
 
@@ -307,13 +319,15 @@ def main(config: Toy2dConfig) -> dict:
             config.train_steps,
             trainer.steps_per_call,
             boundaries=(checkpoint_every,),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
         )
         state, records, train_seconds = train(
             trainer, state, batches, config=config, out=out, ckpt=ckpt, cfg_dict=cfg_dict,
             restored=restored,
         )  # fmt: skip
 
-    final = _final_samples(config, apply, eval_params(state), schedule, dim, key)
+    final = _final_samples(config, apply, local_copy(eval_params(state)), schedule, dim, key)
     samples = final["samples"]
     metrics: dict = {
         "dataset": config.dataset,

@@ -14,7 +14,7 @@ each process then feeds only its slice of the global batch (:func:`shard_batch` 
 - :func:`shard_batch`, :func:`replicate`: host arrays -> global ``jax.Array``
 - :func:`prefetch_to_device`, :func:`stack_batches`: stream host batches with a background thread
 - :func:`initialize_distributed`, :func:`is_main_process`, :func:`process_index`,
-  :func:`process_count`
+  :func:`process_count`, :func:`main_process_succeeded`, :func:`local_copy`
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ __all__ = [
     "check_batch_size",
     "initialize_distributed",
     "is_main_process",
+    "local_copy",
+    "main_process_succeeded",
     "make_mesh",
     "prefetch_to_device",
     "process_count",
@@ -114,6 +116,40 @@ def process_count() -> int:
 def is_main_process() -> bool:
     """True only in process 0: the one process that writes files (checkpoints, metrics, plots)."""
     return jax.process_index() == 0
+
+
+def main_process_succeeded(ok: bool) -> bool:
+    """Process 0's ``ok``, in every process: a barrier that also says whether the main process's
+    work before it (preparing a folder, say) succeeded. ``ok`` itself in a single process."""
+    if jax.process_count() == 1:
+        return bool(ok)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(ok))))
+
+
+def local_copy(tree: PyTree) -> PyTree:
+    """Fully replicated global arrays as this process's own copies (the tree as it is in a
+    single-process run).
+
+    A computation that each process runs by itself, such as sampling from the trained
+    parameters in every process, must not mix arrays that span all hosts with arrays of this
+    process; the copy lives on this process's first device.
+    """
+    if jax.process_count() == 1:
+        return tree
+
+    def local(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.is_fully_replicated:
+                raise ValueError(
+                    f"local_copy needs fully replicated arrays; got one sharded as "
+                    f"{leaf.sharding}. Gather it first (jax.experimental.multihost_utils)."
+                )
+            return jax.device_put(leaf.addressable_data(0), jax.local_devices()[0])
+        return leaf
+
+    return jax.tree_util.tree_map(local, tree)
 
 
 # --------------------------------------------------------------------------------------------------
