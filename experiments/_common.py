@@ -20,7 +20,7 @@ import jax
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import fit
 from jaxdiff.outputs import MetricsLog, prepare_run_dir
-from jaxdiff.sharding import is_main_process, main_process_succeeded
+from jaxdiff.sharding import is_main_process, main_process_succeeded, processes_without
 from jaxdiff.train import Trainer, TrainState
 
 __all__ = [
@@ -46,7 +46,8 @@ def open_run_dir(config: Any, cfg_dict: dict, may_differ: Sequence[str]) -> Path
     """``config.out`` prepared for this run (``prepare_run_dir``) on the main process.
 
     Other processes of a multi-process run only get the path: process 0 writes every file, and
-    every process waits at a barrier until the folder is ready (``--overwrite`` included).
+    every process waits at a barrier until the folder is ready (``--overwrite`` included); then
+    every process must see it (one shared folder), or all stop with the same error.
     Raises what ``prepare_run_dir`` raises (a refused or unwritable ``--out``) before any work.
     """
     out, error = Path(config.out), None
@@ -64,6 +65,14 @@ def open_run_dir(config: Any, cfg_dict: dict, may_differ: Sequence[str]) -> Path
         if error is not None:
             raise error
         raise ValueError(f"process 0 could not prepare --out {config.out}; see its error")
+    # Checkpoints are written by all processes into one folder: every host must see it.
+    blind = processes_without((Path(config.out) / "config.json").is_file())
+    if blind:
+        raise ValueError(
+            f"--out {config.out} is not visible from process(es) {blind}: process 0 prepared it, "
+            "but with several hosts --out must be one folder every host sees (a shared file "
+            "system or a bucket path); pass such a folder to every process"
+        )
     return out
 
 

@@ -14,7 +14,8 @@ each process then feeds only its slice of the global batch (:func:`shard_batch` 
 - :func:`shard_batch`, :func:`replicate`: host arrays -> global ``jax.Array``
 - :func:`prefetch_to_device`, :func:`stack_batches`: stream host batches with a background thread
 - :func:`initialize_distributed`, :func:`is_main_process`, :func:`process_index`,
-  :func:`process_count`, :func:`main_process_succeeded`, :func:`local_copy`
+  :func:`process_count`, :func:`main_process_succeeded`, :func:`processes_without`,
+  :func:`local_copy`
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "prefetch_to_device",
     "process_count",
     "process_index",
+    "processes_without",
     "replicate",
     "replicated_sharding",
     "shard_batch",
@@ -126,6 +128,17 @@ def main_process_succeeded(ok: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(ok))))
+
+
+def processes_without(ok: bool) -> list[int]:
+    """The indices of the processes whose ``ok`` is false, known to every process (a collective:
+    every process must call it). ``[]`` or ``[0]`` in a single process."""
+    if jax.process_count() == 1:
+        return [] if ok else [0]
+    from jax.experimental import multihost_utils
+
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(bool(ok))))
+    return [int(i) for i in np.flatnonzero(flags.reshape(-1) == 0)]
 
 
 def local_copy(tree: PyTree) -> PyTree:

@@ -97,3 +97,28 @@ def test_toy2d_as_two_processes_equals_one_process_and_resumes(tmp_path):
         "10", "20", "30",
     ]  # fmt: skip
     assert "resumed from the checkpoint at step 20" in (tmp_path / "two-30-0.log").read_text()
+
+
+def test_an_out_folder_one_process_cannot_see_stops_every_process(tmp_path):
+    """Two processes given different --out folders stand for hosts without a shared file
+    system: both stop before training, with the same one-line error naming the blind process."""
+    port = _free_port()
+    procs = [
+        _toy2d(
+            ["--distributed", "--train-steps", "10", "--out", str(tmp_path / f"host{i}")],
+            _env(
+                tmp_path,
+                1,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            tmp_path / f"blind-{i}.log",
+        )
+        for i in range(2)
+    ]
+    for i, proc in enumerate(procs):
+        assert proc.wait(timeout=600) == 2, (tmp_path / f"blind-{i}.log").read_text()[-3000:]
+        log = (tmp_path / f"blind-{i}.log").read_text()
+        assert "is not visible from process(es) [1]" in log and "Traceback" not in log
+    assert not (tmp_path / "host0" / "checkpoints").exists()
