@@ -52,23 +52,23 @@ def _toy2d(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )  # fmt: skip
 
 
-def _run_two_processes(tmp: Path, args: list[str], tag: str) -> None:
+def _launch_two(tmp: Path, args: list[str], tag: str, outs=None) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one ``jax.distributed`` run of ``experiments.toy2d`` (``outs``:
+    a different ``--out`` for each process, else ``args`` names it)."""
     port = _free_port()
-    procs = [
+    coordinator = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
+    return [
         _toy2d(
-            ["--distributed", *args],
-            _env(
-                tmp,
-                1,
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                JAX_NUM_PROCESSES="2",
-                JAX_PROCESS_ID=str(i),
-            ),
+            ["--distributed", *args, *(["--out", str(outs[i])] if outs else [])],
+            _env(tmp, 1, JAX_PROCESS_ID=str(i), **coordinator),
             tmp / f"{tag}-{i}.log",
         )
         for i in range(2)
     ]
-    for i, proc in enumerate(procs):
+
+
+def _run_two_processes(tmp: Path, args: list[str], tag: str) -> None:
+    for i, proc in enumerate(_launch_two(tmp, args, tag)):
         assert proc.wait(timeout=600) == 0, (tmp / f"{tag}-{i}.log").read_text()[-3000:]
 
 
@@ -102,21 +102,8 @@ def test_toy2d_as_two_processes_equals_one_process_and_resumes(tmp_path):
 def test_an_out_folder_one_process_cannot_see_stops_every_process(tmp_path):
     """Two processes given different --out folders stand for hosts without a shared file
     system: both stop before training, with the same one-line error naming the blind process."""
-    port = _free_port()
-    procs = [
-        _toy2d(
-            ["--distributed", "--train-steps", "10", "--out", str(tmp_path / f"host{i}")],
-            _env(
-                tmp_path,
-                1,
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                JAX_NUM_PROCESSES="2",
-                JAX_PROCESS_ID=str(i),
-            ),
-            tmp_path / f"blind-{i}.log",
-        )
-        for i in range(2)
-    ]
+    outs = [tmp_path / "host0", tmp_path / "host1"]
+    procs = _launch_two(tmp_path, ["--train-steps", "10"], "blind", outs=outs)
     for i, proc in enumerate(procs):
         assert proc.wait(timeout=600) == 2, (tmp_path / f"blind-{i}.log").read_text()[-3000:]
         log = (tmp_path / f"blind-{i}.log").read_text()
