@@ -99,8 +99,9 @@ def prepare_run_dir(
 
     - a new or empty directory: created, ``config.json`` written;
     - an earlier run (has ``config.json``) and ``resume``: its config must equal ``config``
-      except for the keys in ``may_differ`` (e.g. the number of training steps), else a
-      ``ValueError`` lists every difference;
+      except for the keys in ``may_differ`` (e.g. the number of training steps) and for keys its
+      ``config.json`` lacks (options added to the code since), else a ``ValueError`` lists every
+      difference;
     - an earlier run and ``overwrite``: removed and started afresh;
     - an earlier run and neither flag: ``FileExistsError`` saying which flag to pass;
     - a non-empty directory that is not a run: refused (nothing is deleted).
@@ -123,7 +124,10 @@ def prepare_run_dir(
         if overwrite:
             shutil.rmtree(out)
         elif resume:
-            diff = config_diff(old, config, ignore=may_differ)
+            # Options newer than the earlier run's code are not in its config.json; their
+            # defaults keep what that code did, so they do not block a resume.
+            newer = set(_jsonable(config)) - set(old)
+            diff = config_diff(old, config, ignore=[*may_differ, *newer])
             if diff:
                 raise ValueError(
                     f"cannot --resume {out}: its config differs from this one in "

@@ -25,6 +25,11 @@ def test_prepare_run_dir_new_resume_overwrite(tmp_path):
     )
     with pytest.raises(ValueError, match=r"cannot --resume .* lr: 0.001 -> 0.01"):
         prepare_run_dir(out, {**cfg, "lr": 1e-2}, resume=True, overwrite=False)
+    # an option added to the code after the run started does not block its resume; one that
+    # the run recorded and this config lacks still does
+    prepare_run_dir(out, {**cfg, "dtype": "float32"}, resume=True, overwrite=False)
+    with pytest.raises(ValueError, match=r"train_steps: 100 -> '<absent>'"):
+        prepare_run_dir(out, {"lr": 1e-3}, resume=True, overwrite=False)
     (out / "old.png").write_text("x")
     prepare_run_dir(out, {**cfg, "lr": 1e-2}, resume=False, overwrite=True)
     assert not (out / "old.png").exists()
