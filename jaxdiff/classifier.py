@@ -505,14 +505,10 @@ def train_classifier(
 # --------------------------------------------------------------------------------------------------
 
 
-def _root(cache_dir: str | os.PathLike | None) -> Path:
-    return resolve_cache_dir(cache_dir)
-
-
 def classifier_dir(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """``<cache_dir>/classifiers/<kind>-<version>``: where the classifier of ``kind`` lives."""
     spec = _get_spec(kind)
-    return _root(cache_dir) / "classifiers" / f"{spec.kind}-{spec.version}"
+    return resolve_cache_dir(cache_dir) / "classifiers" / f"{spec.kind}-{spec.version}"
 
 
 def _save_classifier(clf: FeatureClassifier, path: Path) -> None:
@@ -662,7 +658,7 @@ def cached_json(
 
     An unreadable file is rebuilt with a :class:`ClassifierCacheWarning`.
     """
-    path = _root(cache_dir) / filename
+    path = resolve_cache_dir(cache_dir) / filename
     table: dict = {}
     if path.exists():
         try:

@@ -101,7 +101,7 @@ def _read(url: str, spec: FileSpec, *, progress: bool, timeout: float) -> bytes:
     from tqdm.auto import tqdm
 
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+        total = response.headers.get("Content-Length")
         chunks: list[bytes] = []
         with tqdm(
             total=int(total) if total and total.isdigit() else spec.size,

@@ -246,11 +246,8 @@ def _from_tfds(
             "TFDS_DATA_DIR at another copy, or name no folder to download the IDX files."
         )
     # The cache key follows the copy: its path, and every file's name, size and mtime.
-    stamp = [os.path.realpath(where)] + [
-        f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}"
-        for e in sorted(os.scandir(where), key=lambda e: e.name)
-        if e.is_file()
-    ]
+    files = sorted((e.name, e.stat()) for e in os.scandir(where) if e.is_file())
+    stamp = [os.path.realpath(where)] + [f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in files]
     key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
     path = cache / "datasets" / ds.name / f"tfds-{key}" / f"{split}.npz"
     description = f"tensorflow-datasets {ds.name} {builder.info.version} at {where}"
@@ -278,7 +275,7 @@ def _from_tfds(
         fd, tmp = _open_cache_file(path, ds)
         _commit_cache_file(fd, tmp, path, images, labels, description)
         description += f" (decoded once, cached in {path.parent})"
-    except (OSError, DataNotFoundError) as err:  # a read-only cache only costs the decoding
+    except OSError as err:  # a read-only cache only costs the decoding (DataNotFoundError too)
         description += f" (decoded; not cached: {err})"
     return images, labels, description
 
