@@ -59,7 +59,7 @@ from jaxdiff.forward import q_sample
 from jaxdiff.loop import steps_per_second
 from jaxdiff.models import UNet, count_params, improved_denoiser_8x8, split_model
 from jaxdiff.outputs import read_metrics, write_json, write_report
-from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.samplers import SamplerName, sample, step_sequence
 from jaxdiff.schedules import make_schedule
 from jaxdiff.sharding import is_main_process
 from jaxdiff.train import TrainConfig, Trainer, eval_params
@@ -131,10 +131,10 @@ class DigitsConfig:
         "linear", "beta schedule (the tutorial: linear 1e-4..0.02)"
     )
     num_timesteps: int = field(1000, "diffusion steps T")
-    sampler: Literal["dpm++", "ddim", "ddpm"] = field(
-        "dpm++", "sampler for the final samples (the tutorial: ddpm)"
+    sampler: SamplerName = field("dpm++", "sampler for the final samples (the tutorial: ddpm)")
+    sample_steps: int | None = field(
+        None, "sampler steps (default: the sampler's, e.g. dpm++ 20, ddim 50, ddpm T)"
     )
-    sample_steps: int | None = field(None, "sampler steps (default dpm++ 20, ddim 50, ddpm T)")
     num_samples: int = field(1000, "final samples saved to samples.npy and evaluated")
     steps_per_call: int | None = field(
         None, "training steps per compiled call (K); default per backend, see jaxdiff.train"

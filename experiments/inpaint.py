@@ -40,7 +40,6 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +51,7 @@ from jaxdiff import data as jdata
 from jaxdiff import plotting
 from jaxdiff.models import count_params
 from jaxdiff.outputs import MetricsLog, prepare_run_dir, write_json, write_report
-from jaxdiff.samplers import DEFAULT_STEPS, sample
+from jaxdiff.samplers import DEFAULT_STEPS, SamplerName, sample
 
 PROG = "python -m experiments.inpaint"
 MASKS = ("center", "left", "random")
@@ -78,9 +77,9 @@ class InpaintConfig:
     num_images: int = field(8, "MNIST test images to inpaint (the first N of the test split)")
     masks: tuple[str, ...] = field(MASKS, f"masks to apply, any of {', '.join(MASKS)}")
     random_fraction: float = field(0.3, "share of the pixels kept (known) by the random mask")
-    sampler: Literal["ddpm", "ddim", "dpm++"] = field("ddpm", "sampler of the unknown pixels")
+    sampler: SamplerName = field("ddpm", "sampler of the unknown pixels")
     sample_steps: int | None = field(
-        50, "sampler steps, respaced from T (none: dpm++ 20, ddim 50, ddpm T)"
+        50, "sampler steps, respaced from T (none: the sampler's default)"
     )
     resample_jumps: int = field(4, "RePaint resampling: redo each jump this many times (0: none)")
     jump_length: int = field(5, "RePaint jump length, in sampler steps")

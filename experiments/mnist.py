@@ -57,7 +57,7 @@ from jaxdiff.models import (
     unet_mnist_small,
 )
 from jaxdiff.outputs import read_metrics, write_json, write_report
-from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.samplers import SamplerName, sample, step_sequence
 from jaxdiff.schedules import Schedule, make_schedule
 from jaxdiff.sharding import is_main_process, local_copy
 from jaxdiff.train import TrainConfig, Trainer, eval_params, init_train_state, make_optimizer
@@ -252,11 +252,11 @@ class MnistConfig:
     guidance_scale: float = field(
         _DEFAULT_GUIDANCE, "classifier-free guidance weight w (needs --class-conditional)"
     )
-    sampler: Literal["dpm++", "ddim", "ddpm"] | None = field(
+    sampler: SamplerName | None = field(
         None, "sampler for the final samples (preset: cpu ddpm, gpu dpm++)"
     )
     sample_steps: int | None = field(
-        None, "sampler steps (preset: cpu ddpm 25, gpu dpm++ 20; else dpm++ 20, ddim 50, ddpm T)"
+        None, "sampler steps (preset: cpu ddpm 25, gpu dpm++ 20; else the sampler's default)"
     )
     num_samples: int | None = field(
         None, "final samples saved to samples.npy and evaluated (preset: cpu 1000, gpu 10000)"

@@ -63,7 +63,7 @@ from jaxdiff.forward import q_sample
 from jaxdiff.loop import steps_per_second
 from jaxdiff.models import ConditionalMLP, count_params, split_model
 from jaxdiff.outputs import read_metrics, write_json, write_report
-from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.samplers import SamplerName, sample, step_sequence
 from jaxdiff.schedules import TERMINAL_SIGNAL_THRESHOLD, Schedule, make_schedule
 from jaxdiff.sharding import is_main_process, local_copy
 from jaxdiff.train import TrainConfig, Trainer, eval_params
@@ -115,7 +115,7 @@ class Toy2dConfig:
     tutorial_schedule: bool = field(
         False, "the tutorial's exact schedule: sigmoid 1e-5..5e-3, alphas_cumprod[-1] = 0.778"
     )
-    sampler: Literal["ddpm", "ddim", "dpm++"] = field("ddpm", "sampler (the tutorial: ddpm)")
+    sampler: SamplerName = field("ddpm", "sampler (the tutorial: ddpm)")
     sample_steps: int | None = field(None, "sampler steps (default ddpm T, ddim 50, dpm++ 20)")
     variance: Literal["beta", "posterior"] = field(
         "beta", "DDPM step variance (the tutorial: beta_t)"

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import jaxdiff.samplers as samplers
+import jaxdiff.samplers.scan as sampler_scan
 from experiments import mnist
 from jaxdiff.models.unet import nearest_resize
 from jaxdiff.train import init_train_state, make_data_multi_step, make_optimizer, make_train_step
@@ -116,26 +117,26 @@ def test_the_gpu_preset_step_costs_its_recorded_flops():
     assert 2.8 < flops / forward.cost_analysis()["flops"] < 3.3  # backward ~ 2x forward
 
 
-@pytest.mark.parametrize("sampler", ["dpm++", "ddpm"])
+@pytest.mark.parametrize("sampler", ["dpm++", "ddpm", "unipc"])
 def test_the_samplers_lower_cleanly_for_accelerators(sampler, monkeypatch):
     """The whole reverse process in one rolled scan (the GPU default), with classifier-free
     guidance, lowered for both platforms from the call the CPU actually runs."""
     apply, params, schedule, _ = _gpu_build(class_conditional=True)
     lowered = {}
-    real = samplers._run_ops_compiled
+    real = sampler_scan._run_ops_compiled
 
     def capture(platform):
         compiled = real(platform)
 
         def run(cfg, *args):
-            traced = jax.jit(samplers._run_ops_body, static_argnums=0).trace(cfg, *args)
+            traced = jax.jit(sampler_scan._run_ops_body, static_argnums=0).trace(cfg, *args)
             for p in PLATFORMS:
                 lowered[p] = traced.lower(lowering_platforms=(p,))
             return compiled(cfg, *args)
 
         return run
 
-    monkeypatch.setattr(samplers, "_run_ops_compiled", capture)
+    monkeypatch.setattr(sampler_scan, "_run_ops_compiled", capture)
     labels = jnp.arange(4) % 10
     out = samplers.sample(
         apply, params, schedule, (4, 28, 28, 1), jax.random.key(0), sampler=sampler, steps=10,

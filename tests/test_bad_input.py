@@ -210,8 +210,8 @@ CASES: dict[str, tuple[str, Callable[[Path], str]]] = {
         lambda tmp: _raised(lambda: make_schedule("linear", beta_end=1.5)),
     ),
     "sampler-name": (
-        '`sample(..., sampler="euler")`',
-        lambda tmp: _raised(lambda: _sample(sampler="euler")),
+        '`sample(..., sampler="plms")`',
+        lambda tmp: _raised(lambda: _sample(sampler="plms")),
     ),
     "sampler-steps": (
         "`sample(..., steps=2000)` on a 1000-step schedule",
@@ -297,8 +297,8 @@ CASES: dict[str, tuple[str, Callable[[Path], str]]] = {
         lambda tmp: _cli(mnist, mnist.MnistConfig, ["--train-steps", "0"], usage=True),
     ),
     "cli-choice": (
-        "`python -m experiments.mnist --sampler euler`",
-        lambda tmp: _cli(mnist, mnist.MnistConfig, ["--sampler", "euler"], usage=True),
+        "`python -m experiments.mnist --sampler plms`",
+        lambda tmp: _cli(mnist, mnist.MnistConfig, ["--sampler", "plms"], usage=True),
     ),
     "cli-number": (
         "`python -m experiments.mnist --learning-rate fast`",

@@ -415,7 +415,7 @@ def _must_not_run(params, x, t, labels=None):
     [
         (dict(steps=0), r"steps must lie in \[1, 1000\]"),
         (dict(steps=1001), r"steps must lie in \[1, 1000\].*T=1000"),
-        (dict(sampler="euler"), r"unknown sampler 'euler'; choose one of 'ddpm', 'ddim', 'dpm"),
+        (dict(sampler="plms"), r"unknown sampler 'plms'; choose one of 'ddpm', 'ddim', 'dpm"),
         (dict(spacing="uniform"), r"unknown spacing 'uniform'; choose one of 'leading'"),
         (dict(guidance_scale=3.0), r"guidance_scale=3.0 needs a class-conditional model"),
         (dict(guidance_scale=3.0, num_classes=10), r"needs labels"),

@@ -62,7 +62,7 @@ def test_trainer_compiles_without_ynn_fusions_and_leaves_jax_jit_alone():
 
 
 def test_sampler_compiles_without_ynn_fusions(monkeypatch):
-    from jaxdiff import samplers
+    from jaxdiff.samplers import scan as samplers
 
     built = []
 

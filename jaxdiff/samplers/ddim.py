@@ -1,0 +1,45 @@
+"""DDIM: Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12 and 16."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxdiff.samplers.base import Points, Solver
+
+__all__ = ["DDIM"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DDIM(Solver):
+    """``x_t = alpha_t x0 + sqrt(sigma_t^2 - std^2) eps + std z`` (DDIM eq. 12).
+
+    ``std = eta sqrt(sigma_t^2 / sigma_s^2) sqrt(1 - abar_s / abar_t)`` (eq. 16): ``eta = 0`` is
+    deterministic, a first-order solver of the probability-flow ODE (the exponential
+    integrator of DPM-Solver-1, Lu et al. 2022, sec. 4.1); ``eta = 1`` has DDPM's posterior
+    variance.
+
+    Args:
+      eta: stochasticity, >= 0.
+    """
+
+    name = "ddim"
+    default_steps = 50
+    default_spacing = "trailing"
+    eta: float = 0.0
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta != 0.0
+
+    def coefficients(self, p: Points) -> dict[str, np.ndarray]:
+        ratio = (p.alpha_s / p.alpha_t) ** 2  # abar_s / abar_t
+        std = self.eta * (p.sigma_t / p.sigma_s) * np.sqrt(-np.expm1(np.log(ratio)))
+        coefs = {
+            "x0": p.alpha_t,
+            "eps": np.sqrt(np.maximum(p.sigma_t**2 - std**2, 0.0)),
+        }
+        if self.stochastic:
+            coefs["z"] = std
+        return coefs

@@ -1,0 +1,48 @@
+"""DDPM ancestral sampling on the (respaced) grid: Ho et al. 2020, eq. 11 (Algorithm 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxdiff.samplers.base import Points, Solver
+
+__all__ = ["DDPM"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPM(Solver):
+    """Ancestral DDPM: ``x_t = (x_s - beta / sigma_s eps) / sqrt(1 - beta) + std z``.
+
+    On a grid that skips timesteps this is DDPM on the respaced schedule (Nichol & Dhariwal
+    2021, sec. 4): ``beta = 1 - abar_s / abar_t`` (``abar_t = 1`` at the clean sample, where no
+    noise is added), the posterior variance ``std^2 = beta sigma_t^2 / sigma_s^2`` (DDPM eq. 7,
+    ``variance="posterior"``) or ``std^2 = beta`` (``variance="beta"``, "fixed large").
+
+    Args:
+      variance: ``"posterior"`` or ``"beta"``.
+    """
+
+    name = "ddpm"
+    default_steps = None
+    default_spacing = "trailing"
+    variance: str = "posterior"
+
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def coefficients(self, p: Points) -> dict[str, np.ndarray]:
+        log_ratio = 2 * (np.log(p.alpha_s) - np.log(p.alpha_t))  # log(abar_s / abar_t)
+        beta = -np.expm1(log_ratio)
+        scale = np.exp(-0.5 * log_ratio)  # 1 / sqrt(1 - beta)
+        if self.variance == "posterior":
+            var = beta * (p.sigma_t / p.sigma_s) ** 2
+        else:
+            var = beta
+        return {
+            "x": scale,
+            "eps": -scale * beta / p.sigma_s,
+            "z": np.where(p.clean, 0.0, np.sqrt(var)),
+        }
