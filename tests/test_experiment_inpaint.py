@@ -131,7 +131,7 @@ def test_missing_checkpoint_says_what_to_pass(tiny_run, tmp_path, capsys):
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--masks", "center,top"], "unknown mask 'top'"),
         (["--random-fraction", "1.5"], "--random-fraction must lie in (0, 1), got 1.5"),
-        (["--sampler", "euler"], "invalid choice: 'euler'"),
+        (["--sampler", "plms"], "invalid choice: 'plms'"),
         (["--num-images", "x"], "invalid int value: 'x'"),
     ],
 )

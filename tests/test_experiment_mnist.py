@@ -102,7 +102,7 @@ def _cli(*args, env=None):
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--train-steps", "0"], "--train-steps must be >= 1, got 0"),
         (["--image-size", "30"], "--image-size must be 28 or 32, got 30"),
-        (["--sampler", "euler"], "invalid choice: 'euler'"),
+        (["--sampler", "plms"], "invalid choice: 'plms'"),
         (["--resume", "--overwrite"], "exclude each other"),
     ],
 )

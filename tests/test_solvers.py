@@ -315,3 +315,11 @@ def test_sampler_name_type_lists_every_solver():
     from jaxdiff.samplers import SamplerName
 
     assert typing.get_args(SamplerName) == SAMPLERS
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_solver_state_starts_at_zero(name):
+    """The driver allocates the state as zeros of ``init``'s structure (see Solver.init)."""
+    x = jnp.ones((2, 3))
+    state = make_solver(name).init(x)
+    assert all(a.shape == x.shape and not np.any(np.asarray(a)) for a in state)

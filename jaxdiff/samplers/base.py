@@ -40,7 +40,7 @@ class Points(NamedTuple):
       order: ``(L,)`` int, the multistep order this step may use (1 after a (re)start, when the
         target is clean, and at the last steps of short runs with ``lower_order_final``).
       stage: ``(L,)`` int, which network evaluation of a multi-stage step this is (0, 1, ...).
-      lam_prev, alpha_prev, sigma_prev: ``(L, 3)`` float64 at the start points of the previous
+      lam_prev, sigma_prev: ``(L, 3)`` float64 at the start points of the previous
         three steps (column 0 the last one), NaN where the history does not reach.
       order_prev: ``(L,)`` int, the order of the previous step (0 when there is none).
     """
@@ -55,7 +55,6 @@ class Points(NamedTuple):
     order: np.ndarray
     stage: np.ndarray
     lam_prev: np.ndarray
-    alpha_prev: np.ndarray
     sigma_prev: np.ndarray
     order_prev: np.ndarray
 
@@ -97,7 +96,12 @@ class Solver:
         raise NotImplementedError
 
     def init(self, x: jax.Array) -> State:
-        """The solver state before the first step: ``history`` zero arrays of ``x``'s shape."""
+        """The solver state before the first step: ``history`` zero arrays of ``x``'s shape.
+
+        The driver reads only the structure (``jax.eval_shape``) and allocates the state as
+        zeros, so that every solver shares one compiled initialisation: a state must start at
+        zero (past predictions that the first steps' coefficients do not use).
+        """
         return tuple(jnp.zeros_like(x) for _ in range(self.history))
 
     def step(

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -207,15 +208,14 @@ class SamplerOptions:
     unroll: int | bool = 1
 
 
-class SamplerArrays(tuple):
-    """``(labels, mask, known, x_T, key)`` after validation (None where not given)."""
+class SamplerArrays(NamedTuple):
+    """The array arguments after validation (None where not given)."""
 
-    __slots__ = ()
-    labels = property(lambda self: self[0])
-    mask = property(lambda self: self[1])
-    known = property(lambda self: self[2])
-    x_T = property(lambda self: self[3])
-    key = property(lambda self: self[4])
+    labels: jax.Array | None
+    mask: jax.Array | None
+    known: jax.Array | None
+    x_T: jax.Array | None
+    key: jax.Array
 
 
 def validate(apply, schedule, shape, key, *, sampler, steps, labels, num_classes, guidance_scale,
@@ -308,4 +308,4 @@ def validate(apply, schedule, shape, key, *, sampler, steps, labels, num_classes
         steps_per_call=steps_per_call,
         unroll=unroll,
     )
-    return options, SamplerArrays((labels, mask, known, x_T, key))
+    return options, SamplerArrays(labels, mask, known, x_T, key)

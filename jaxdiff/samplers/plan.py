@@ -126,7 +126,7 @@ def build_plan(
         alpha_t=a_t[step], sigma_t=s_t[step], lam_t=lam_t[step],
         clean=clean[step], stage=stage,
         order=np.array([r["order"] for r in rows], np.int64),
-        lam_prev=at_prev(lam_s), alpha_prev=at_prev(a_s), sigma_prev=at_prev(s_s),
+        lam_prev=at_prev(lam_s), sigma_prev=at_prev(s_s),
         order_prev=np.array([r["prev_order"] for r in rows], np.int64),
     )  # fmt: skip
     coefficients = solver.coefficients(points)
