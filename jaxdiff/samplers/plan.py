@@ -94,8 +94,8 @@ def build_plan(
     rows: list[dict] = []
     history: list[int] = []  # start points of the previous steps since the last (re)start
     prev_order = 0
-    for v, (i, jf) in enumerate(zip(visits, jump_from, strict=True)):
-        if v == 0 or jf >= 0:
+    for i, jf in zip(visits, jump_from, strict=True):
+        if not rows or jf >= 0:
             history, prev_order = [], 0  # the multistep history is stale after a jump back
         order = min(solver.max_order, len(history) + 1)
         if clean[i]:
@@ -106,7 +106,7 @@ def build_plan(
         prev = (history + [-1] * _HISTORY)[:_HISTORY]
         num_stages = 1 if clean[i] else solver.stages
         for stage in range(num_stages):
-            rows.append(dict(step=i, visit=v, stage=stage, order=order, prev_order=prev_order,
+            rows.append(dict(step=i, stage=stage, order=order, prev_order=prev_order,
                              prev=prev, jump_from=jf if stage == 0 else -1,
                              last_stage=stage == num_stages - 1))  # fmt: skip
         history = [int(i), *history]
@@ -138,9 +138,9 @@ def build_plan(
     t_eval = np.where(stage == 0, ts[step], t_next[step])
     a_e, s_e = alpha_sigma(schedule, t_eval)
     jump_t = np.where(jump >= 0, t_next[np.maximum(jump, 0)], 0)
-    with np.errstate(divide="ignore"):
-        jump_scale = np.where(jump >= 0, a_s[step] / alpha_sigma(schedule, jump_t)[0], 1.0)
-        jump_std = np.sqrt(-np.expm1(2 * np.log(jump_scale)))
+    # q(x_t | x_t') of DDPM eq. 2 iterated: scale sqrt(abar_t / abar_t'), std sqrt(1 - that^2)
+    jump_scale = np.where(jump >= 0, a_s[step] / alpha_sigma(schedule, jump_t)[0], 1.0)
+    jump_std = np.sqrt(-np.expm1(2 * np.log(jump_scale)))
     slot = np.full(len(rows), -1, np.int64)
     for j, r in enumerate(record):
         slot[np.flatnonzero((step == r) & last_stage)[-1]] = j  # the last visit of step r
