@@ -53,6 +53,12 @@ def to_eps_and_x0(
     ``eps = sigma x + alpha v``. With ``clip_x0=c``, x0 is clipped to ``[-c, c]`` and eps
     recomputed from it, so every solver sees a consistent pair. ``alpha``, ``sigma``: scalars
     with ``sigma > 0``.
+
+    The same conversions as :func:`jaxdiff.parameterization.to_eps_and_x0`, written with the
+    plan's noise levels instead of the schedule's reciprocal coefficients
+    (``sqrt(1 / abar) x - sqrt(1 / abar - 1) eps``): in float32 that form rounds differently,
+    and with it the DPM-Solver++(2M) SDE states drift 1.5e-5 relative from diffusers' (measured
+    with ``tests/test_diffusers_parity.py``) against at most 2.6e-6 here.
     """
     if prediction == "eps":
         eps, x0 = out, (x - sigma * out) / alpha
