@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxdiff import models
 from jaxdiff.models import (
     ConditionalMLP,
     SinusoidalMLP,
@@ -30,7 +31,6 @@ from jaxdiff.models import (
     improved_denoiser_8x8,
     split_model,
     unet_level_sizes,
-    unet_mnist,
     unet_mnist_small,
 )
 
@@ -177,34 +177,29 @@ def test_conditional_parameter_counts_add_label_table():
     assert cond - base == 11 * 128
 
 
-PRESETS = [
-    # (id, builder, input shape, labels, parameter count, docstrings that document it)
-    ("unet_mnist_small", lambda r: unet_mnist_small(rngs=r), (B, 28, 28, 1), None, 1_112_801,
-     (unet_mnist_small, UNet)),
-    ("unet_mnist_small(num_classes=10)", lambda r: unet_mnist_small(num_classes=10, rngs=r),
-     (B, 28, 28, 1), jnp.array([3, 10]), 1_112_801 + 11 * 128, ()),
-    ("unet_mnist", lambda r: unet_mnist(rngs=r), (B, 28, 28, 1), None, 6_469_889,
-     (unet_mnist, UNet)),
-    ("improved_denoiser_8x8", lambda r: improved_denoiser_8x8(rngs=r), (B, 8, 8, 1), None,
-     9_202_305, (improved_denoiser_8x8, UNet)),
-]  # fmt: skip
+# Input shape of each library preset (labels: None; the conditional row adds 11 * 4 * base).
+PRESET_SHAPES = {name: (B, p.image_size, p.image_size, 1) for name, p in models.PRESETS.items()}
 
 
-@pytest.mark.parametrize(
-    ("build", "x_shape", "labels", "expected", "documented_in"),
-    [p[1:] for p in PRESETS],
-    ids=[p[0] for p in PRESETS],
-)
-def test_presets_parameter_counts_and_shapes(
-    build, x_shape, labels, expected, documented_in, record_property
-):
-    model = abstract(build)
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_presets_parameter_counts_and_shapes(name, record_property):
+    preset = models.PRESETS[name]
+    model = abstract(lambda r: preset(rngs=r))
     n = count_params(model)
     record_property("num_params", n)  # reported in the JUnit XML (pytest --junitxml)
-    assert n == expected
-    for obj in documented_in:
-        assert f"{expected:,}" in obj.__doc__, f"{obj.__name__} docstring count is stale"
-    assert traced_shape(model, x_shape, labels=labels) == x_shape
+    assert f"({n:,} parameters" in preset.description, f"{name}: description count is stale"
+    assert traced_shape(model, PRESET_SHAPES[name]) == PRESET_SHAPES[name]
+
+
+def test_conditional_preset_adds_the_label_embedding():
+    model = abstract(lambda r: unet_mnist_small(num_classes=10, rngs=r))
+    assert count_params(model) == 1_112_801 + 11 * 128
+    labels = jnp.array([3, 10])
+    assert traced_shape(model, (B, 28, 28, 1), labels=labels) == (B, 28, 28, 1)
+    built = nnx.eval_shape(lambda: models.make_model("unet_tiny", num_classes=10, rngs=nnx.Rngs(0)))
+    assert built.num_classes == 10
+    with pytest.raises(ValueError, match="unknown model preset 'unet_huge'; choose one of"):
+        models.make_model("unet_huge", rngs=nnx.Rngs(0))
 
 
 def test_improved_denoiser_8x8_architecture():

@@ -7,13 +7,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.models.apply import check_images, check_labels, check_timesteps, timestep_embedding
+from jaxdiff.models.denoiser import Denoiser
 
 __all__ = ["SmallCNN"]
 
 _ACTIVATIONS = {"relu": jax.nn.relu, "silu": jax.nn.silu}
 
 
-class SmallCNN(nnx.Module):
+class SmallCNN(Denoiser):
     """Three 3x3 convolutions with a time embedding added as a per-channel bias.
 
     ``h = act(conv1(x) + temb)``; ``h = act(conv2(h) + temb)``; ``y = conv3(h)``, with
@@ -81,18 +82,15 @@ class SmallCNN(nnx.Module):
         self.conv2 = nnx.Conv(hidden, hidden, (3, 3), padding="SAME", rngs=rngs)
         self.conv3 = nnx.Conv(hidden, channels, (3, 3), padding="SAME", rngs=rngs)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        t: jax.Array | int,
-        labels: jax.Array | None = None,
-        *,
-        dropout_key: jax.Array | None = None,
-    ) -> jax.Array:
-        del dropout_key  # no dropout layers in this model
+    def check_inputs(self, x, t, labels):
         check_images(x, self.channels, "SmallCNN")
         t = check_timesteps(t, x.shape[0], num_steps=self.num_steps)
-        check_labels(labels, x.shape[0], None)
+        return t, check_labels(labels, x.shape[0], None)
+
+    def predict(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None, dropout_key: jax.Array | None
+    ) -> jax.Array:
+        del labels, dropout_key  # unconditional, no dropout layers
         if self.num_steps is None:
             feature = timestep_embedding(t, self.hidden)
         else:

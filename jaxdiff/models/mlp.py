@@ -24,6 +24,7 @@ from jaxdiff.models.apply import (
     embed_lookup,
     timestep_embedding,
 )
+from jaxdiff.models.denoiser import Denoiser
 
 __all__ = ["ConditionalLinear", "ConditionalMLP", "SinusoidalMLP", "torch_linear"]
 
@@ -72,7 +73,7 @@ class ConditionalLinear(nnx.Module):
         return self.lin(x) * embed_lookup(self.embed, t)
 
 
-class ConditionalMLP(nnx.Module):
+class ConditionalMLP(Denoiser):
     """The 2-D tutorial's denoiser with per-timestep conditional linear layers.
 
     ``ConditionalLinear(dim, hidden) -> softplus -> ConditionalLinear(hidden, hidden) ->
@@ -111,25 +112,22 @@ class ConditionalMLP(nnx.Module):
         self.lin3 = ConditionalLinear(hidden, hidden, num_steps, rngs=rngs)
         self.lin4 = torch_linear(hidden, dim, rngs=rngs)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        t: jax.Array | int,
-        labels: jax.Array | None = None,
-        *,
-        dropout_key: jax.Array | None = None,
-    ) -> jax.Array:
-        del dropout_key  # no dropout layers in this model
+    def check_inputs(self, x, t, labels):
         check_points(x, self.dim, "ConditionalMLP")
         t = check_timesteps(t, x.shape[0], num_steps=self.num_steps, integer=True)
-        check_labels(labels, x.shape[0], None)
+        return t, check_labels(labels, x.shape[0], None)
+
+    def predict(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None, dropout_key: jax.Array | None
+    ) -> jax.Array:
+        del labels, dropout_key  # unconditional, no dropout layers
         h = jax.nn.softplus(self.lin1(x, t))
         h = jax.nn.softplus(self.lin2(h, t))
         h = jax.nn.softplus(self.lin3(h, t))
         return self.lin4(h)
 
 
-class SinusoidalMLP(nnx.Module):
+class SinusoidalMLP(Denoiser):
     """MLP denoiser for points with a sinusoidal time embedding injected into every layer.
 
     ``temb = Linear(hidden) o SiLU o Linear(hidden) (sinusoid(t, time_dim))`` (plus a
@@ -194,17 +192,14 @@ class SinusoidalMLP(nnx.Module):
         self.time_proj = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(depth)])
         self.out = nnx.Linear(hidden, dim, rngs=rngs)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        t: jax.Array | int,
-        labels: jax.Array | None = None,
-        *,
-        dropout_key: jax.Array | None = None,
-    ) -> jax.Array:
+    def check_inputs(self, x, t, labels):
         check_points(x, self.dim, "SinusoidalMLP")
         t = check_timesteps(t, x.shape[0])
-        labels = check_labels(labels, x.shape[0], self.num_classes)
+        return t, check_labels(labels, x.shape[0], self.num_classes)
+
+    def predict(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None, dropout_key: jax.Array | None
+    ) -> jax.Array:
         temb = self.time_out(nnx.silu(self.time_in(timestep_embedding(t, self.time_dim))))
         if self.label_embed is not None:
             temb = temb + embed_lookup(self.label_embed, labels)

@@ -18,8 +18,8 @@ Architecture (Ho et al. 2020, appendix B; Nichol & Dhariwal 2021):
   4 -> 7 are handled explicitly; nothing is cropped);
 * output: GroupNorm -> SiLU -> zero-initialised 3x3 conv, so a fresh model predicts 0.
 
-Residual block: ``GroupNorm -> SiLU -> conv3x3 -> + Linear(SiLU(temb)) -> GroupNorm ->
-SiLU -> dropout -> conv3x3``, plus the input (through a 1x1 conv when channels change).
+The blocks are in :mod:`jaxdiff.models.unet_blocks`, the named architectures (``unet_mnist``
+and friends) in :mod:`jaxdiff.models.presets`.
 """
 
 from __future__ import annotations
@@ -31,196 +31,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff.models import conv as _conv_lib
 from jaxdiff.models.apply import (
     check_images,
     check_labels,
     check_timesteps,
-    dropout,
     embed_lookup,
     timestep_embedding,
 )
+from jaxdiff.models.denoiser import Denoiser
+from jaxdiff.models.unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample, make_conv
 
-__all__ = [
-    "AttentionBlock",
-    "Downsample",
-    "ResBlock",
-    "UNet",
-    "Upsample",
-    "improved_denoiser_8x8",
-    "nearest_resize",
-    "unet_level_sizes",
-    "unet_mnist",
-    "unet_mnist_small",
-]
-
-
-def _make_conv(cin: int, cout: int, kernel: tuple[int, int], *, fast_conv_grad: bool, **kw):
-    """``nnx.Conv`` computing its kernel gradient with matmuls on CPU (:mod:`.conv`) if asked."""
-    if fast_conv_grad:
-        kw["conv_general_dilated"] = _conv_lib.conv_general_dilated
-    return nnx.Conv(cin, cout, kernel, **kw)
-
-
-class ResBlock(nnx.Module):
-    """Residual block with GroupNorm, SiLU, time injection and optional dropout.
-
-    ``h = conv1(SiLU(GN(x))) + Linear(SiLU(temb))[:, None, None, :]``;
-    ``h = conv2(dropout(SiLU(GN(h))))``; returns ``skip(x) + h`` where ``skip`` is a
-    1x1 conv if ``in_channels != out_channels`` and the identity otherwise.
-
-    Call: ``x (B, H, W, in_channels)``, ``temb (B, time_dim)``, ``dropout_key`` (or
-    ``None``: no dropout) -> ``(B, H, W, out_channels)``. ``dtype`` is the computation
-    dtype of every layer (``None``: that of the inputs); parameters stay float32.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        time_dim: int,
-        *,
-        norm_groups: int,
-        dropout: float = 0.0,
-        dtype: jnp.dtype | None = None,
-        fast_conv_grad: bool = True,
-        rngs: nnx.Rngs,
-    ):
-        self.dropout = dropout
-        kw = dict(dtype=dtype, rngs=rngs)
-        ckw = dict(kw, fast_conv_grad=fast_conv_grad)
-        self.norm1 = nnx.GroupNorm(in_channels, num_groups=norm_groups, **kw)
-        self.conv1 = _make_conv(in_channels, out_channels, (3, 3), padding="SAME", **ckw)
-        self.time_proj = nnx.Linear(time_dim, out_channels, **kw)
-        self.norm2 = nnx.GroupNorm(out_channels, num_groups=norm_groups, **kw)
-        self.conv2 = _make_conv(out_channels, out_channels, (3, 3), padding="SAME", **ckw)
-        self.skip = (
-            _make_conv(in_channels, out_channels, (1, 1), **ckw)
-            if in_channels != out_channels
-            else None
-        )
-
-    def __call__(
-        self, x: jax.Array, temb: jax.Array, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        h = self.conv1(nnx.silu(self.norm1(x)))
-        h = h + self.time_proj(nnx.silu(temb))[:, None, None, :]
-        h = nnx.silu(self.norm2(h))
-        h = self.conv2(dropout(h, self.dropout, dropout_key))
-        return h + (x if self.skip is None else self.skip(x))
-
-
-class AttentionBlock(nnx.Module):
-    """Multi-head self-attention over the H*W positions, with a residual connection.
-
-    ``x + proj(softmax(q k^T / sqrt(d)) v)`` with ``q, k, v`` linear maps of ``GN(x)``
-    and ``d = channels / num_heads``.
-
-    Call: ``x (B, H, W, channels)`` -> ``(B, H, W, channels)``. The softmax runs in float32
-    whatever the computation ``dtype`` (``jax.nn.dot_product_attention``'s XLA path).
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        *,
-        num_heads: int = 1,
-        norm_groups: int,
-        dtype: jnp.dtype | None = None,
-        rngs: nnx.Rngs,
-    ):
-        self.num_heads = num_heads
-        self.norm = nnx.GroupNorm(channels, num_groups=norm_groups, dtype=dtype, rngs=rngs)
-        self.qkv = nnx.Linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, h * w, c))
-        q, k, v = (
-            a.reshape(b, h * w, self.num_heads, c // self.num_heads)
-            for a in jnp.split(qkv, 3, axis=-1)
-        )
-        out = jax.nn.dot_product_attention(q, k, v)  # (B, HW, heads, d); scale 1/sqrt(d)
-        return x + self.proj(out.reshape(b, h * w, c)).reshape(b, h, w, c)
-
-
-class Downsample(nnx.Module):
-    """Stride-2 3x3 conv with padding 1: ``(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C)``."""
-
-    def __init__(
-        self,
-        channels: int,
-        *,
-        dtype: jnp.dtype | None = None,
-        fast_conv_grad: bool = True,
-        rngs: nnx.Rngs,
-    ):
-        self.conv = _make_conv(
-            channels,
-            channels,
-            (3, 3),
-            strides=(2, 2),
-            padding=((1, 1), (1, 1)),
-            dtype=dtype,
-            fast_conv_grad=fast_conv_grad,
-            rngs=rngs,
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.conv(x)
-
-
-class Upsample(nnx.Module):
-    """Nearest-neighbour resize to an exact target size, then a 3x3 conv.
-
-    Call: ``x (B, h, w, C)``, ``size = (H, W)`` -> ``(B, H, W, C)``. For ``H = 2h`` the
-    resize repeats every pixel twice; for odd targets (4 -> 7) it picks the nearest
-    source pixel, so the output always matches the skip connection's shape exactly.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        *,
-        dtype: jnp.dtype | None = None,
-        fast_conv_grad: bool = True,
-        rngs: nnx.Rngs,
-    ):
-        self.conv = _make_conv(
-            channels, channels, (3, 3), padding="SAME", dtype=dtype,
-            fast_conv_grad=fast_conv_grad, rngs=rngs,
-        )  # fmt: skip
-
-    def __call__(self, x: jax.Array, size: tuple[int, int]) -> jax.Array:
-        return self.conv(nearest_resize(x, size))
-
-
-def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Nearest-neighbour resize ``(B, h, w, C) -> (B, H, W, C)`` with a deterministic gradient.
-
-    The values equal ``jax.image.resize(x, (B, H, W, C), "nearest")``, whose backward pass is a
-    scatter-add: atomics on a GPU, so gradients (and a resumed run) could differ from one run to
-    the next. Here an integer factor repeats each pixel (backward: a reshape and a sum) and any
-    other size (4 -> 7) selects the source pixels with a 0/1 matrix product at full precision
-    (backward: the transposed product). Neither has a scatter, on any backend.
-    """
-    for axis, n_out in ((1, int(size[0])), (2, int(size[1]))):
-        n_in = x.shape[axis]
-        if n_out == n_in:
-            continue
-        if n_out % n_in == 0:
-            x = jnp.repeat(x, n_out // n_in, axis=axis)
-            continue
-        # jax.image.resize's own choice of source pixel for every output position
-        src = jax.image.resize(jnp.arange(n_in, dtype=jnp.float32), (n_out,), "nearest")
-        select = jax.nn.one_hot(src.astype(jnp.int32), n_in, dtype=x.dtype)  # (n_out, n_in)
-        x = jnp.moveaxis(
-            jnp.tensordot(select, x, axes=((1,), (axis,)), precision=jax.lax.Precision.HIGHEST),
-            0,
-            axis,
-        )
-    return x
+__all__ = ["UNet", "unet_level_sizes"]
 
 
 class _Level(nnx.Module):
@@ -270,7 +91,7 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-class UNet(nnx.Module):
+class UNet(Denoiser):
     """U-Net denoiser for NHWC images (see the module docstring for the architecture).
 
     Args:
@@ -307,9 +128,8 @@ class UNet(nnx.Module):
         ``fast_conv_grad=False``.
       rngs: ``nnx.Rngs`` used for initialisation.
 
-    Parameter counts of the presets: :func:`unet_mnist_small` 1,112,801 /
-    :func:`unet_mnist` 6,469,889 / :func:`improved_denoiser_8x8` 9,202,305 (unconditional,
-    1 channel); the default ``UNet(rngs=...)`` is :func:`unet_mnist` without dropout.
+    Named architectures are in :mod:`jaxdiff.models.presets`; the default ``UNet(rngs=...)`` is
+    ``unet_mnist`` without dropout.
 
     Call: ``model(x, t, labels=None, *, dropout_key=None)`` with ``x (B, H, W, C)``
     float, ``t (B,)`` or scalar timesteps (integer index or float), ``labels (B,)`` int
@@ -457,7 +277,7 @@ class UNet(nnx.Module):
         self.label_embed = (
             nnx.Embed(num_classes + 1, time_dim, **kw) if num_classes is not None else None
         )
-        self.conv_in = _make_conv(channels, base_channels, (3, 3), padding="SAME", **ckw)
+        self.conv_in = make_conv(channels, base_channels, (3, 3), padding="SAME", **ckw)
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, time_dim, norm_groups=norm_groups, dropout=dropout, **ckw)
@@ -495,18 +315,11 @@ class UNet(nnx.Module):
             )
         self.up = nnx.List(up_levels)  # lowest resolution first
         self.out_norm = nnx.GroupNorm(ch, num_groups=norm_groups, **kw)
-        self.out_conv = _make_conv(
+        self.out_conv = make_conv(
             ch, channels, (3, 3), padding="SAME", kernel_init=nnx.initializers.zeros_init(), **ckw
         )
 
-    def __call__(
-        self,
-        x: jax.Array,
-        t: jax.Array | int,
-        labels: jax.Array | None = None,
-        *,
-        dropout_key: jax.Array | None = None,
-    ) -> jax.Array:
+    def check_inputs(self, x, t, labels):
         check_images(x, self.channels, "UNet")
         if tuple(x.shape[1:3]) != self.image_size:
             h, w = self.image_size
@@ -515,9 +328,12 @@ class UNet(nnx.Module):
                 f"on it) but x is {x.shape[1]}x{x.shape[2]} (shape {x.shape}). Build it with "
                 f"image_size=({x.shape[1]}, {x.shape[2]}) or resize the images."
             )
-        batch = x.shape[0]
-        t = check_timesteps(t, batch)
-        labels = check_labels(labels, batch, self.num_classes)
+        t = check_timesteps(t, x.shape[0])
+        return t, check_labels(labels, x.shape[0], self.num_classes)
+
+    def predict(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None, dropout_key: jax.Array | None
+    ) -> jax.Array:
 
         temb = self.time_out(nnx.silu(self.time_in(timestep_embedding(t, self.base_channels))))
         if self.label_embed is not None:
@@ -553,107 +369,3 @@ class UNet(nnx.Module):
             if level.transition and level.resample is not None:
                 h = level.resample(h, hs[-1].shape[1:3])
         return self.out_conv(nnx.silu(self.out_norm(h))).astype(x.dtype)
-
-
-def _lowest_side(image_size: int | Sequence[int], num_levels: int) -> int:
-    return min(unet_level_sizes(image_size, num_levels)[-1])
-
-
-def unet_mnist_small(
-    channels: int = 1,
-    image_size: int | Sequence[int] = 28,
-    num_classes: int | None = None,
-    *,
-    dropout: float = 0.0,
-    dtype: jnp.dtype | None = None,
-    fast_conv_grad: bool = True,
-    rngs: nnx.Rngs,
-) -> UNet:
-    """Fast CPU U-Net for MNIST: base 32, mults (1, 2, 2), 1 res block, 8 norm groups.
-
-    Self-attention at the lowest resolution (7x7 for 28x28 inputs, 8x8 for 32x32) and in
-    the middle. Parameters (1 channel, 28x28, unconditional): 1,112,801; with
-    ``num_classes=10`` add 11 * 128 = 1,408.
-    """
-    mults = (1, 2, 2)
-    return UNet(
-        channels,
-        image_size,
-        base_channels=32,
-        channel_mults=mults,
-        num_res_blocks=1,
-        attention_resolutions=(_lowest_side(image_size, len(mults)),),
-        dropout=dropout,
-        num_classes=num_classes,
-        norm_groups=8,
-        dtype=dtype,
-        fast_conv_grad=fast_conv_grad,
-        rngs=rngs,
-    )
-
-
-def unet_mnist(
-    channels: int = 1,
-    image_size: int | Sequence[int] = 28,
-    num_classes: int | None = None,
-    *,
-    dropout: float = 0.1,
-    dtype: jnp.dtype | None = None,
-    fast_conv_grad: bool = True,
-    rngs: nnx.Rngs,
-) -> UNet:
-    """Full-quality MNIST U-Net (GPU default): base 64, mults (1, 2, 2), 2 res blocks.
-
-    32 GroupNorm groups, dropout 0.1 (active only with a ``dropout_key``), self-attention
-    at the lowest resolution (7x7 for 28x28 inputs, 8x8 for 32x32) and in the middle.
-    Parameters (1 channel, 28x28, unconditional): 6,469,889; with ``num_classes=10``
-    add 11 * 256 = 2,816.
-    """
-    mults = (1, 2, 2)
-    return UNet(
-        channels,
-        image_size,
-        base_channels=64,
-        channel_mults=mults,
-        num_res_blocks=2,
-        attention_resolutions=(_lowest_side(image_size, len(mults)),),
-        dropout=dropout,
-        num_classes=num_classes,
-        norm_groups=32,
-        dtype=dtype,
-        fast_conv_grad=fast_conv_grad,
-        rngs=rngs,
-    )
-
-
-def improved_denoiser_8x8(
-    channels: int = 1,
-    image_size: int | Sequence[int] = 8,
-    num_classes: int | None = None,
-    *,
-    dtype: jnp.dtype | None = None,
-    fast_conv_grad: bool = True,
-    rngs: nnx.Rngs,
-) -> UNet:
-    """The 8x8-digits tutorial's "improved denoiser" as a U-Net without down-sampling.
-
-    Residual blocks at 64 -> 128 -> 256 channels (one per level on the way down, two on
-    the way up, with skip connections), all at full 8x8 resolution (``downsample=False``),
-    residual block + self-attention + residual block in the middle, 8 GroupNorm groups.
-    Parameters (1 channel, unconditional): 9,202,305; with ``num_classes=10`` add
-    11 * 256 = 2,816.
-    """
-    return UNet(
-        channels,
-        image_size,
-        base_channels=64,
-        channel_mults=(1, 2, 4),
-        num_res_blocks=1,
-        attention_resolutions=(),
-        num_classes=num_classes,
-        norm_groups=8,
-        downsample=False,
-        dtype=dtype,
-        fast_conv_grad=fast_conv_grad,
-        rngs=rngs,
-    )
