@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from experiments.mnist import MODELS
-from jaxdiff.models import count_params, split_model
+from jaxdiff.models import count_params, make_model, split_model
 
 
 def _time(fn, *args, repeats: int) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print(f"backend={jax.default_backend()} devices={jax.device_count()} jax={jax.__version__}")
     for name in args.models:
-        _, params, apply = split_model(MODELS[name](1, 28, None, rngs=nnx.Rngs(0)))
+        _, params, apply = split_model(make_model(MODELS[name], 1, 28, rngs=nnx.Rngs(0)))
         x = jax.random.normal(jax.random.key(0), (args.batch, 28, 28, 1))
         t = jnp.arange(args.batch, dtype=jnp.int32) % 1000
         fwd = jax.jit(apply)

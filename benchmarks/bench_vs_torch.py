@@ -252,7 +252,7 @@ def jax_worker(args) -> dict:
     from flax import nnx
 
     from jaxdiff.loop import fit
-    from jaxdiff.models import count_params, split_model
+    from jaxdiff.models import count_params, make_model, split_model
     from jaxdiff.train import TrainConfig, Trainer
 
     if args.device == "cuda":  # a CPU timing must never be reported as a GPU one
@@ -352,9 +352,10 @@ def jax_worker(args) -> dict:
         config = digits.DigitsConfig()
         images, _ = jdata.load_digits(scale="unit")
         # As experiments.digits.main builds it (rbg init key: compile time of the init only).
-        model = digits.MODELS[config.model](
-            1, 8, dtype=dtype, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg"))
-        )
+        model = make_model(
+            digits.MODELS[config.model], 1, 8, dtype=dtype,
+            rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")),
+        )  # fmt: skip
         _, params, apply = split_model(model)
         if args.flops:
             result["model_flops"] = model_flops(
@@ -387,8 +388,8 @@ def jax_worker(args) -> dict:
         config, _ = mnist.resolve(mnist.MnistConfig(preset=preset))
         # The experiment initialises with nnx.Rngs(seed); an rbg key only shortens the
         # (untimed) initialisation's compile on CPU, the step is the same.
-        model = mnist.MODELS[config.model](
-            1, config.image_size, None, dtype=dtype,
+        model = make_model(
+            mnist.MODELS[config.model], 1, config.image_size, None, dtype=dtype,
             rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")),
         )  # fmt: skip
         _, params, apply = split_model(model)

@@ -28,6 +28,7 @@ import numpy as np
 from experiments import mnist
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.metrics import evaluate_samples
+from jaxdiff.runs import read_config
 from jaxdiff.samplers import sample
 from jaxdiff.train import eval_params, init_train_state, make_optimizer
 
@@ -52,23 +53,23 @@ def main() -> None:
             parser.error(f"variant {v!r} is not SAMPLER:STEPS:ema|raw (e.g. ddpm:25:ema)")
         variants.append((parts[0], int(parts[1]), parts[2]))
 
-    config = mnist.load_config(args.run)
-    apply, params, schedule, train_config = mnist.build(config, abstract=True)
-    num_classes = 10 if config.class_conditional else None
+    _config, spec = read_config(args.run)
+    apply, params, schedule = spec.build(abstract=True)
+    num_classes = spec.num_classes
     # The whole train state (raw and EMA weights), restored into an abstract target.
-    tx = make_optimizer(train_config)
+    tx = make_optimizer(spec.train)
     target = jax.eval_shape(lambda p: init_train_state(p, tx, 0), params)
     with Checkpointer(Path(args.run) / "checkpoints", read_only=True) as ckpt:
         state, _ = ckpt.restore(target, step=args.step)
     print(f"{args.run}: step {int(state.step)}, {args.num_samples} samples per variant")
-    shape = (args.num_samples, config.image_size, config.image_size, 1)
+    shape = (args.num_samples, *spec.image_shape)
     labels = np.arange(args.num_samples) % 10 if num_classes else None
     for sampler, steps, weights in variants:
         t0 = time.perf_counter()
         result = sample(
             apply, eval_params(state, ema=weights == "ema"), schedule, shape,
             jax.random.key(args.seed), sampler=sampler, steps=steps, labels=labels,
-            num_classes=num_classes, prediction=config.prediction, clip_x0=1.0,
+            num_classes=num_classes, prediction=spec.train.prediction, clip_x0=1.0,
             chunk_size=mnist.SAMPLE_CHUNK,
         )  # fmt: skip
         images = mnist.to_images(result.samples)

@@ -29,28 +29,15 @@ import jax
 import numpy as np
 
 from experiments import mnist
-from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.metrics import evaluate_samples
+from jaxdiff.runs import load_run
 from jaxdiff.samplers import SAMPLERS, sample
-from jaxdiff.train import eval_params, init_train_state, make_optimizer
 
 NFES = (10, 15, 20, 25, 50)
 
 
 def steps_for(solver: str, nfe: int) -> int:
     return (nfe + 1) // 2 if solver == "heun" else nfe
-
-
-def load(run: str, step: int | None):
-    """(config, apply, EMA params, schedule) of a finished experiments.mnist run."""
-    if not (Path(run) / "config.json").exists():
-        raise SystemExit(f"{run} has no config.json: pass an experiments.mnist --out folder")
-    config = mnist.load_config(run)
-    apply, params, schedule, train_config = mnist.build(config, abstract=True)
-    target = jax.eval_shape(lambda p: init_train_state(p, make_optimizer(train_config), 0), params)
-    with Checkpointer(Path(run) / "checkpoints", read_only=True) as ckpt:
-        state, _ = ckpt.restore(target, step=step)
-    return config, apply, eval_params(state, ema=True), schedule
 
 
 def main() -> None:
@@ -72,7 +59,8 @@ def main() -> None:
         parser.error(f"unknown solvers {unknown}; choose from {', '.join(SAMPLERS)}")
     nfes = [int(n) for n in args.nfe.split(",")]
 
-    config, apply, params, schedule = load(args.run, args.step)
+    run = load_run(args.run, args.step)
+    config, apply, params, schedule = run.config, run.apply, run.params, run.schedule
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -85,8 +73,8 @@ def main() -> None:
     # the baseline after the first solver's sweep, so early results already compare
     sweeps = [[(s, steps_for(s, n), n) for n in nfes] for s in solvers]
     todo = sweeps[0] + [("ddpm", T, T)] * args.baseline + [v for sw in sweeps[1:] for v in sw]
-    conditional = config.class_conditional
-    shape = (args.num_samples, config.image_size, config.image_size, 1)
+    conditional = run.num_classes is not None
+    shape = (args.num_samples, *run.spec.image_shape)
     labels = np.arange(args.num_samples) % 10 if conditional else None
     print(f"{args.run}: {len(todo)} variants of {args.num_samples} samples; {out}")
     for solver, steps, budget in todo:
@@ -96,14 +84,14 @@ def main() -> None:
         result = sample(
             apply, params, schedule, shape, jax.random.key(args.seed), sampler=solver,
             steps=steps, labels=labels, num_classes=10 if conditional else None,
-            guidance_scale=config.guidance_scale if conditional else 0.0,
-            prediction=config.prediction, clip_x0=1.0, chunk_size=250,
+            guidance_scale=config["guidance_scale"] if conditional else 0.0,
+            prediction=run.spec.train.prediction, clip_x0=1.0, chunk_size=250,
         )  # fmt: skip
         images = mnist.to_images(result.samples)
         seconds = time.perf_counter() - t0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            m = evaluate_samples(images, "mnist", cache_dir=config.cache_dir)["metrics"]
+            m = evaluate_samples(images, "mnist", cache_dir=config["cache_dir"])["metrics"]
         record = dict(
             solver=solver, steps=steps, nfe=2 * steps - 1 if solver == "heun" else steps,
             nfe_budget=budget,

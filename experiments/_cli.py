@@ -14,7 +14,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from jaxdiff.accelerator import unused_gpu_message
@@ -27,9 +27,16 @@ C = TypeVar("C")
 __all__ = ["field", "parse_config", "run_main"]
 
 
-def field(default, help: str, **kwargs):
-    """A dataclass field with a help text for ``--help``."""
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+def field(default, help: str, *, default_text: str | None = None, **kwargs):
+    """A dataclass field with a help text for ``--help``.
+
+    ``default_text`` is what ``--help`` shows as the default instead of the value, and it is
+    required for a ``None`` default that no preset fills (say what None means: "all",
+    "$TFDS_DATA_DIR", "the sampler's").
+    """
+    return dataclasses.field(
+        default=default, metadata={"help": help, "default_text": default_text, **kwargs}
+    )
 
 
 def _flag(name: str) -> str:
@@ -46,23 +53,12 @@ def _unwrap_optional(tp) -> tuple[Any, bool]:
 
 
 def _converter(tp, name: str) -> tuple[Callable[[str], Any], dict]:
-    """(string -> value, extra add_argument kwargs) for a field type."""
-    tp, optional = _unwrap_optional(tp)
+    """(string -> value, extra add_argument kwargs) for a field type (``X | None``: as ``X``;
+    ``None`` is only ever a default, never something to type)."""
+    tp, _optional = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
-
-    def maybe_none(fn):
-        if not optional:
-            return fn
-
-        def convert(s: str):
-            return None if s.lower() in ("none", "") else fn(s)
-
-        convert.__name__ = getattr(fn, "__name__", "value")  # argparse: "invalid float value"
-        return convert
-
     if origin is Literal:
-        choices = typing.get_args(tp)
-        return maybe_none(str), {"choices": list(choices) + (["none"] if optional else [])}
+        return str, {"choices": list(typing.get_args(tp))}
     if origin is tuple:
         item = typing.get_args(tp)[0]
 
@@ -75,42 +71,63 @@ def _converter(tp, name: str) -> tuple[Callable[[str], Any], dict]:
                     f"expected a comma-separated list of {item.__name__}, got {s!r}"
                 ) from None
 
-        return maybe_none(parse_tuple), {"metavar": f"{item.__name__.upper()},..."}
+        return parse_tuple, {"metavar": f"{item.__name__.upper()},..."}
     if tp in (int, float, str):
-        return maybe_none(tp), {"metavar": tp.__name__.upper()}
+        return tp, {"metavar": tp.__name__.upper()}
     raise TypeError(f"config field {name!r} has unsupported type {tp!r}")
 
 
+def _show(value: Any) -> str:
+    if value is None:
+        return "backend default"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def default_text(f: dataclasses.Field, presets: Mapping[str, Mapping[str, Any]]) -> str:
+    """What ``--help`` shows as the default of field ``f``: its ``default_text``, else its
+    value, else (a ``None`` default) the value of every preset: "from preset: cpu 1600, gpu
+    40000"."""
+    if f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    if f.default is not None:
+        return _show(f.default)
+    values = {name: d[f.name] for name, d in presets.items() if f.name in d}
+    if not values or len(values) < len(presets):
+        raise TypeError(
+            f"config field {f.name!r} defaults to None: give it field(..., default_text=...) "
+            "saying what None means, or a value in every preset"
+        )
+    if len(set(map(repr, values.values()))) == 1:
+        return f"from preset: {_show(next(iter(values.values())))}"
+    return "from preset: " + ", ".join(f"{name} {_show(v)}" for name, v in values.items())
+
+
 def build_parser(cls: type, *, prog: str | None = None) -> argparse.ArgumentParser:
-    doc = (cls.__doc__ or "").strip()
+    """The ``argparse`` parser of the frozen dataclass ``cls``: one flag per field, each help
+    line ending in the real default (:func:`default_text`). A config with presets names their
+    values in a class attribute ``preset_defaults`` (preset name -> field -> value)."""
+    presets = getattr(cls, "preset_defaults", {})
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=doc,
+        description=(cls.__doc__ or "").strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        help_text = f.metadata.get("help", "")
-        default = f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {default_text(f, presets)})"
         if tp is bool:
             parser.add_argument(
                 _flag(f.name),
                 action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"{help_text} (default: {default})",
+                default=f.default,
+                help=help_text,
             )
             continue
         conv, extra = _converter(tp, f.name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(
-            _flag(f.name),
-            dest=f.name,
-            type=conv,
-            default=default,
-            help=f"{help_text} (default: {shown})",
-            **extra,
+            _flag(f.name), dest=f.name, type=conv, default=f.default, help=help_text, **extra
         )
     return parser
 

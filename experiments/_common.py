@@ -42,7 +42,9 @@ def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def open_run_dir(config: Any, cfg_dict: dict, may_differ: Sequence[str]) -> Path:
+def open_run_dir(
+    config: Any, cfg_dict: dict, may_differ: Sequence[str], derived: Sequence[str] = ()
+) -> Path:
     """``config.out`` prepared for this run (``prepare_run_dir``) on the main process.
 
     Other processes of a multi-process run only get the path: process 0 writes every file, and
@@ -55,7 +57,7 @@ def open_run_dir(config: Any, cfg_dict: dict, may_differ: Sequence[str]) -> Path
         try:
             out = prepare_run_dir(
                 config.out, cfg_dict, resume=config.resume, overwrite=config.overwrite,
-                may_differ=may_differ,
+                may_differ=may_differ, derived=derived,
             )  # fmt: skip
         except (OSError, ValueError) as e:
             error = e

@@ -41,21 +41,31 @@ class EvaluateConfig:
     stderr. Bad arguments or inputs print one error line and exit with code 2.
     """
 
-    samples: str = field("", "samples.npy to evaluate (required)")
-    kind: str = field("", f"what the samples are (required): {', '.join(EVALUATION_KINDS)}")
+    samples: str = field("", "samples.npy to evaluate", default_text="required")
+    kind: str = field(
+        "", f"what the samples are: {', '.join(EVALUATION_KINDS)}", default_text="required"
+    )
     dataset: str | None = field(
-        None, f"point data set for --kind points: {', '.join(sorted(POINT_DATASETS))}"
+        None,
+        f"point data set for --kind points: {', '.join(sorted(POINT_DATASETS))}",
+        default_text="required with --kind points",
     )
     labels: str | None = field(
-        None, "labels.npy of the requested classes (N,) of class-conditional image samples"
+        None,
+        "labels.npy of the requested classes (N,) of class-conditional image samples",
+        default_text="unconditional samples",
     )
     cache_dir: str | None = field(
-        None, "cache of the feature classifiers and references (None: ~/.cache/jaxdiff)"
+        None, "cache of the feature classifiers and references", default_text="~/.cache/jaxdiff"
     )
     data_dir: str | None = field(
-        None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR); default: MNIST downloaded once"
+        None,
+        "prepared tensorflow_datasets folder; without one MNIST is downloaded once",
+        default_text="$TFDS_DATA_DIR",
     )
-    out: str | None = field(None, "also write the JSON to OUT/metrics.json")
+    out: str | None = field(
+        None, "also write the JSON to OUT/metrics.json", default_text="stdout only"
+    )
     progress: bool = field(True, "progress bars on stderr while training a classifier")
 
     def __post_init__(self):

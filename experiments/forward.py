@@ -59,7 +59,9 @@ class ForwardConfig:
     out: str = field("runs/forward", "output directory (config, metrics, figures, report)")
     seed: int = field(0, "seed of every noise draw")
     data_dir: str | None = field(
-        None, "prepared tensorflow_datasets folder ($TFDS_DATA_DIR); default: MNIST downloaded once"
+        None,
+        "prepared tensorflow_datasets folder; without one MNIST is downloaded once",
+        default_text="$TFDS_DATA_DIR",
     )
     schedule: Literal["linear", "cosine", "quadratic", "sigmoid"] = field(
         "linear", "schedule of the iterative-vs-closed-form and mixture demos"

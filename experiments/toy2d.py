@@ -97,7 +97,9 @@ class Toy2dConfig:
     epochs: int = field(
         DEFAULT_EPOCHS, "passes over the points (as the tutorial); --train-steps overrides it"
     )
-    train_steps: int | None = field(None, "total training steps (default: epochs x batches)")
+    train_steps: int | None = field(
+        None, "total training steps", default_text="--epochs x batches per epoch"
+    )
     batch_size: int = field(128, "batch size")
     hidden: int = field(128, "width of the conditional-linear MLP")
     learning_rate: float = field(1e-3, "Adam learning rate")
@@ -110,13 +112,17 @@ class Toy2dConfig:
     num_timesteps: int = field(100, "diffusion steps T")
     beta_start: float = field(1e-5, "first beta (sigmoid, linear, quadratic)")
     beta_end: float | None = field(
-        None, f"last beta (default {DEFAULT_BETA_END}; the tutorial's {TUTORIAL_BETAS[1]})"
+        None,
+        f"last beta (the tutorial's: {TUTORIAL_BETAS[1]})",
+        default_text=f"{DEFAULT_BETA_END}; with --tutorial-schedule {TUTORIAL_BETAS[1]}",
     )
     tutorial_schedule: bool = field(
         False, "the tutorial's exact schedule: sigmoid 1e-5..5e-3, alphas_cumprod[-1] = 0.778"
     )
     sampler: SamplerName = field("ddpm", "sampler (the tutorial: ddpm)")
-    sample_steps: int | None = field(None, "sampler steps (default ddpm T, ddim 50, dpm++ 20)")
+    sample_steps: int | None = field(
+        None, "sampler steps", default_text="the sampler's: ddpm T, ddim 50, dpm++ 20, ..."
+    )
     variance: Literal["beta", "posterior"] = field(
         "beta", "DDPM step variance (the tutorial: beta_t)"
     )
@@ -126,7 +132,9 @@ class Toy2dConfig:
     checkpoint_every: int = field(10_000, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = field(3, "checkpoints to keep")
     evaluate: bool = field(True, "MMD and sliced Wasserstein distance against fresh data")
-    cache_dir: str | None = field(None, "cache for the evaluation references (~/.cache/jaxdiff)")
+    cache_dir: str | None = field(
+        None, "cache for the evaluation references", default_text="~/.cache/jaxdiff"
+    )
     resume: bool = field(False, "continue the run in --out from its latest checkpoint")
     overwrite: bool = field(False, "delete an earlier run in --out and start again")
     progress: bool = field(True, "show progress bars")

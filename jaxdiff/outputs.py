@@ -94,8 +94,12 @@ def prepare_run_dir(
     resume: bool,
     overwrite: bool,
     may_differ: Sequence[str] = (),
+    derived: Sequence[str] = (),
 ) -> Path:
     """Create or reuse the run directory ``out`` for ``config``; return its path.
+
+    Keys in ``derived`` are written but never compared: they follow from the others (e.g. the
+    model spec of :mod:`jaxdiff.runs`), so a difference there is reported through its source.
 
     - a new or empty directory: created, ``config.json`` written;
     - an earlier run (has ``config.json``) and ``resume``: its config must equal ``config``
@@ -127,7 +131,7 @@ def prepare_run_dir(
             # Options newer than the earlier run's code are not in its config.json; their
             # defaults keep what that code did, so they do not block a resume.
             newer = set(_jsonable(config)) - set(old)
-            diff = config_diff(old, config, ignore=[*may_differ, *newer])
+            diff = config_diff(old, config, ignore=[*may_differ, *newer, *derived])
             if diff:
                 raise ValueError(
                     f"cannot --resume {out}: its config differs from this one in "
@@ -135,7 +139,7 @@ def prepare_run_dir(
                     + ". Use the same settings, or a new --out"
                 )
         else:
-            diff = config_diff(old, config, ignore=())
+            diff = config_diff(old, config, ignore=derived)
             what = "with a different config (" + "; ".join(diff) + ")" if diff else ""
             raise FileExistsError(
                 f"--out {out} already holds a run {what}; pass --resume to continue it or "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -125,8 +126,8 @@ def test_mnist_missing_data_says_what_to_pass(tmp_path):
 def test_help_lists_every_option_with_its_default():
     result = _cli("--help")
     assert result.returncode == 0
-    for field in mnist.MnistConfig.__dataclass_fields__:
-        flag = "--" + field.replace("_", "-")
+    for field in dataclasses.fields(mnist.MnistConfig):
+        flag = "--" + field.name.replace("_", "-")
         assert flag in result.stdout, flag
     assert "(default: 3)" in result.stdout  # --keep-checkpoints
     assert "cpu 1000, gpu 10000" in result.stdout  # --num-samples, sized by the preset

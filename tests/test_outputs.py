@@ -76,7 +76,7 @@ class Cfg:
     lr: float = field(1e-3, "learning rate")
     sampler: Literal["ddpm", "ddim"] = field("ddim", "sampler")
     sizes: tuple[int, ...] = field((1, 2), "channel multipliers")
-    out: str | None = field(None, "output dir")
+    out: str | None = field(None, "output dir", default_text="no output")
     ema: bool = field(True, "use EMA")
 
     def __post_init__(self):
@@ -121,6 +121,7 @@ def test_help_lists_every_option_with_default(capsys):
         ("--sizes", "1,2"),
         ("--ema", "True"),
         ("--sampler", "ddim"),
+        ("--out", "no output"),
     ):
         assert flag in out and f"(default: {default})" in out
     assert "python -m experiments.toy --steps 3" in out

@@ -27,11 +27,13 @@ import pytest
 from flax import nnx
 
 from jaxdiff.models import (
+    PRESETS,
     ConditionalMLP,
     UNet,
     count_params,
     improved_denoiser_8x8,
     split_model,
+    unet_compact,
     unet_mnist,
     unet_mnist_small,
 )
@@ -77,8 +79,6 @@ def abstract_params(build):
 
 
 def compact(num_classes=None):
-    from experiments.mnist import unet_compact
-
     return lambda r: unet_compact(1, 28, num_classes, rngs=r)
 
 
@@ -143,9 +143,9 @@ def test_parameter_counts_equal(name):
 def test_recipe_models_are_the_experiments_models():
     from experiments import digits, mnist
 
-    assert digits.MODELS[digits.DigitsConfig().model] is improved_denoiser_8x8
-    assert mnist.MODELS[mnist.PRESETS["cpu"].model] is mnist.unet_compact
-    assert mnist.MODELS[mnist.PRESETS["gpu"].model] is unet_mnist
+    assert PRESETS[digits.MODELS[digits.DigitsConfig().model]] is improved_denoiser_8x8
+    assert PRESETS[mnist.MODELS[mnist.PRESETS["cpu"].defaults["model"]]] is unet_compact
+    assert PRESETS[mnist.MODELS[mnist.PRESETS["gpu"].defaults["model"]]] is unet_mnist
     names = {
         "moons": "conditional_mlp",
         "digits": "improved_denoiser_8x8",

@@ -1,0 +1,100 @@
+"""The MNIST run's samples: the progress grids while training and the final samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import data as jdata
+from jaxdiff import plotting
+from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.sharding import is_main_process, local_copy
+from jaxdiff.train import eval_params
+
+SAMPLE_CHUNK = 250  # samples per compiled sampling call (bounds memory)
+GRID = 64  # samples in each progress grid
+
+
+def to_images(x) -> np.ndarray:
+    """Sampler output in [-1, 1] -> float32 [0, 1] (clipped), as samples.npy stores it."""
+    return np.clip(np.asarray(jdata.to_unit_interval(jax.device_get(x)), np.float32), 0.0, 1.0)
+
+
+def _options(config, num_classes: int | None) -> dict:
+    """The keyword arguments of :func:`jaxdiff.sample` that the run's config decides."""
+    return dict(
+        sampler=config.sampler,
+        steps=config.sample_steps,
+        num_classes=num_classes,
+        guidance_scale=config.guidance_scale if num_classes else 0.0,
+        prediction=config.prediction,
+        clip_x0=1.0,
+    )
+
+
+def progress_grid_hook(config, apply, schedule, shape, key, num_classes, out: Path) -> Callable:
+    """``hook(step, state)`` that saves ``out/progress/samples_STEP.png`` from the EMA weights.
+
+    The grid uses the final sampler's settings (so both share one compiled loop when the shapes
+    agree), except that DDPM over more than 100 steps is cut to 25.
+    """
+    n = min(GRID, config.num_samples)
+    options = _options(config, num_classes)
+    if options["sampler"] == "ddpm" and (options["steps"] or config.num_timesteps) > 100:
+        options["steps"] = 25
+    labels = jnp.arange(n) % 10 if num_classes else None
+
+    def hook(step: int, state) -> None:
+        result = sample(
+            apply, local_copy(eval_params(state)), schedule, (n, *shape),
+            jax.random.fold_in(key, 2), labels=labels, chunk_size=SAMPLE_CHUNK, **options,
+        )  # fmt: skip
+        if is_main_process():
+            plotting.save_image_grid(
+                out / "progress" / f"samples_{step:07d}.png",
+                to_images(result.samples),
+                ncols=8,
+                title=f"EMA samples after {step} steps",
+            )
+
+    return hook
+
+
+def final_samples(config, apply, params, schedule, shape, key, num_classes) -> dict:
+    """``config.num_samples`` samples (labels cycling 0-9 when conditional) and the reverse
+    process of the first 10: ``{"samples", "labels", "trajectory", "trajectory_t", "seconds",
+    "steps"}``, images float32 in [0, 1]."""
+    n = config.num_samples
+    labels = (np.arange(n) % 10).astype(np.int32) if num_classes else None
+    options = _options(config, num_classes)
+    ts, t_next = step_sequence(schedule, config.sampler, config.sample_steps)
+    n_steps = len(ts)
+    sample_key = jax.random.fold_in(key, 3)
+    t0 = time.perf_counter()
+    result = sample(
+        apply, params, schedule, (n, *shape), sample_key,
+        labels=None if labels is None else jnp.asarray(labels), chunk_size=SAMPLE_CHUNK,
+        **options,
+    )  # fmt: skip
+    samples = to_images(result.samples)
+    seconds = time.perf_counter() - t0
+    # Sample n depends only on (key, n), so these equal samples[:10]. At most 40 recorded steps
+    # keep the figure and the GIF small.
+    record = sorted(set(np.linspace(0, n_steps - 1, min(n_steps, 40)).round().astype(int)))
+    few = sample(
+        apply, params, schedule, (10, *shape), sample_key,
+        labels=None if labels is None else jnp.asarray(labels[:10]), record=record, **options,
+    )  # fmt: skip
+    return {
+        "samples": samples,
+        "labels": labels,
+        "trajectory": to_images(few.trajectory),
+        "trajectory_t": [int(t_next[j]) for j in record],
+        "seconds": seconds,
+        "steps": n_steps,
+    }
