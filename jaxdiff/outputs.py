@@ -67,7 +67,7 @@ def probe_writable(directory, *, message: str = _OUTPUT_DIR_UNWRITABLE) -> None:
     """Check that files can be written to ``directory`` now, not after hours of training.
 
     Creates ``directory`` (and its parents) if needed, writes a 4 KiB probe file under a unique
-    name (several processes may probe one shared folder at once), flushes it to the disk (so a
+    name (several processes may probe one folder at once), flushes it to the disk (so a
     full disk fails here), reads it back and deletes it.
 
     Args:

@@ -1,5 +1,5 @@
 """Tests for what jaxdiff.checkpoint leaves to orbax (save interval, retention) and for its
-fingerprints: the definition, shard independence, older formats, and the shared write probe.
+fingerprints: the definition, shard independence, older formats, and the one write probe.
 
 tests/test_checkpoint.py covers exact resume, corruption handling and save errors.
 """
@@ -160,7 +160,7 @@ def test_fingerprints_of_an_older_format_are_skipped_with_a_warning(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# the write probe (jaxdiff.outputs.probe_writable, shared by the checkpoint directory)
+# the write probe (jaxdiff.outputs.probe_writable, also used for the checkpoint directory)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -118,13 +118,14 @@ def tree_fingerprints(tree: Any) -> dict[str, str]:
     words ``w_i`` (uint32 for 4/8-byte dtypes, bytes/halfwords for 1/2-byte ones; typed PRNG keys
     via ``key_data``) at global word positions ``i``: a handful of vectorised NumPy sums, about
     1 ms per MB on one CPU core. The weights are odd, so any change to a single word (a flipped
-    bit) changes the fingerprint; other damage (zeroed or shifted blocks, swapped elements) goes
-    unseen with a chance of about ``2**-64`` on random data. It depends on every bit and its
-    position and not on the shape split or the sharding, so a state restored with other
-    shardings than it was saved with still matches. Computed on the host shard by shard (one
-    device-to-host copy of the state, no compilation); in a multi-process run the partial sums
-    of arrays no process holds entirely are added with one ``process_allgather``, so every
-    process must call this together.
+    bit) always changes the fingerprint; larger damage (zeroed, shifted or swapped blocks) goes
+    unseen only if its changes happen to cancel in the weighted sum: a checksum against
+    accidents, not a cryptographic hash. It depends on every bit and its position and not on
+    the shape split or the sharding, so a state restored with other shardings than it was saved
+    with still matches. Computed on the host shard by shard (one device-to-host copy of the
+    state, no compilation); in a multi-process run the partial sums of arrays no process holds
+    entirely are added with one ``process_allgather``, so every process must call this
+    together.
 
     Args:
         tree: any pytree; ``jax.Array``, NumPy array (of numbers or bools) and Python number

@@ -1,4 +1,4 @@
-"""Pytree helpers shared by the checkpoint modules: leaf names and abstract restore targets."""
+"""Pytree helpers of the checkpoint modules: leaf names and abstract restore targets."""
 
 from __future__ import annotations
 
