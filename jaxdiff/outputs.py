@@ -9,10 +9,12 @@ deletes anything it did not create (``--overwrite`` only removes a directory tha
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,22 +57,62 @@ def write_json(path, obj: Mapping[str, Any]) -> Path:
     return path
 
 
-def probe_writable(directory) -> None:
-    """Create ``directory`` and write, then delete, a probe file: fail now, not after training."""
-    directory = Path(directory)
+_OUTPUT_DIR_UNWRITABLE = (
+    "cannot write to output directory {path}: {reason}; choose another --out (a folder you can "
+    "write to, with free space)"
+)
+
+
+def probe_writable(directory, *, message: str = _OUTPUT_DIR_UNWRITABLE) -> None:
+    """Check that files can be written to ``directory`` now, not after hours of training.
+
+    Creates ``directory`` (and its parents) if needed, writes a 4 KiB probe file under a unique
+    name (several processes may probe one folder at once), flushes it to the disk (so a
+    full disk fails here), reads it back and deletes it.
+
+    Args:
+        directory: a local path, or a remote one such as ``gs://bucket/run`` (any path that
+            ``etils.epath`` understands; remote files are not fsync'ed).
+        message: the error text, a format string with the fields ``{path}`` (the directory)
+            and ``{reason}`` (what the operating system said, e.g. ``Not a directory``); the
+            default speaks of ``--out``.
+
+    Raises:
+        PermissionError: the directory cannot be created or written, whatever the cause
+            (permissions, a regular file in the path, a read-only or full file system); its
+            ``errno`` is the original error's.
+    """
+    text = os.fspath(directory)
+    local = "://" not in text
+    if local:
+        path = Path(text)
+    else:
+        from etils import epath  # remote paths only: etils comes with orbax
+
+        path = epath.Path(text)
+    probe = path / f".jaxdiff-write-probe-{os.getpid()}-{uuid.uuid4().hex}"
+    payload = b"jaxdiff write probe\n".ljust(4096, b".")  # one file-system block
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write_probe"
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
+        if path.exists() and not path.is_dir():
+            raise OSError(errno.ENOTDIR, "exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as f:
+            f.write(payload)
             f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
+            if local:
+                os.fsync(f.fileno())
+        if probe.read_bytes() != payload:
+            raise OSError(errno.EIO, "a probe file read back different bytes than were written")
     except OSError as e:
-        raise PermissionError(
-            f"cannot write to output directory {directory}: {e.strerror or e}; choose another "
-            "--out (a folder you can write to, with free space)"
-        ) from e
+        error = PermissionError(message.format(path=path, reason=e.strerror or e))
+        error.errno = e.errno
+        raise error from e
+    finally:
+        try:
+            if probe.exists():
+                probe.unlink()
+        except OSError:
+            pass
 
 
 def config_diff(
