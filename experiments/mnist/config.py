@@ -59,51 +59,27 @@ class Preset:
 # the run length.
 CPU = Preset(
     defaults=dict(
-        model="compact",
-        train_steps=1600,
-        batch_size=32,
-        learning_rate=2e-3,
-        warmup_steps=100,
-        lr_schedule="constant",
-        ema_decay=0.995,
-        schedule="cosine",
-        loss_weighting="min_snr",
-        sample_every=300,
-        checkpoint_every=300,
-        sampler="ddpm",
-        sample_steps=25,
-        dtype="float32",
-        num_samples=1000,
-        steps_per_call=None,
+        model="compact", train_steps=1600, batch_size=32, learning_rate=2e-3, warmup_steps=100,
+        lr_schedule="constant", ema_decay=0.995, schedule="cosine", loss_weighting="min_snr",
+        sample_every=300, checkpoint_every=300, sampler="ddpm", sample_steps=25,
+        dtype="float32", num_samples=1000, steps_per_call=None,
     ),
     seconds_per_step=0.3,
     fixed_seconds=170.0,
-)
+)  # fmt: skip
 
 # Not yet run on a GPU: its timing is unmeasured, and it computes in float32 until bfloat16 has
 # been checked to give the same quality (the U-Net supports it: --dtype bfloat16).
 GPU = Preset(
     defaults=dict(
-        model="full",
-        train_steps=40_000,
-        batch_size=128,
-        learning_rate=2e-4,
-        warmup_steps=1000,
-        lr_schedule="constant",
-        ema_decay=0.9999,
-        schedule="linear",
-        loss_weighting="simple",
-        sample_every=5000,
-        checkpoint_every=5000,
-        sampler="dpm++",
-        sample_steps=20,
-        dtype="float32",
-        num_samples=10_000,
-        steps_per_call=10,
+        model="full", train_steps=40_000, batch_size=128, learning_rate=2e-4, warmup_steps=1000,
+        lr_schedule="constant", ema_decay=0.9999, schedule="linear", loss_weighting="simple",
+        sample_every=5000, checkpoint_every=5000, sampler="dpm++", sample_steps=20,
+        dtype="float32", num_samples=10_000, steps_per_call=10,
     ),
     unroll=1,
     batch_draw="table",
-)
+)  # fmt: skip
 
 PRESETS = {"cpu": CPU, "gpu": GPU}
 #: Each preset's field values, for ``--help``.

@@ -105,94 +105,49 @@ class UNetPreset:
         )
 
 
+# fmt: off
 unet_tiny = UNetPreset(
-    name="unet_tiny",
+    name="unet_tiny", image_size=28, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+    norm_groups=4, lowest_attention=False, mid_attention=False,
     description="two levels of 8 and 16 channels, no attention (40,489 parameters): for tests",
-    image_size=28,
-    base_channels=8,
-    channel_mults=(1, 2),
-    num_res_blocks=1,
-    norm_groups=4,
-    lowest_attention=False,
-    mid_attention=False,
 )
-
 # On XLA:CPU the base-32 unet_mnist_small trains at ~6 s per batch-64 step on 2 cores
 # (benchmarks/RESULTS.md), too slow for a short CPU run; base 16 is ~4x cheaper.
 unet_compact = UNetPreset(
-    name="unet_compact",
+    name="unet_compact", image_size=28, base_channels=16, channel_mults=(1, 2, 2),
+    num_res_blocks=1, norm_groups=8, lowest_attention=True,
     description="unet_mnist_small at base 16 (280,177 parameters): the CPU preset's U-Net",
-    image_size=28,
-    base_channels=16,
-    channel_mults=(1, 2, 2),
-    num_res_blocks=1,
-    norm_groups=8,
-    lowest_attention=True,
 )
-
 unet_mnist_small = UNetPreset(
-    name="unet_mnist_small",
+    name="unet_mnist_small", image_size=28, base_channels=32, channel_mults=(1, 2, 2),
+    num_res_blocks=1, norm_groups=8, lowest_attention=True,
     description="base 32, mults (1, 2, 2), 1 residual block per level (1,112,801 parameters)",
-    image_size=28,
-    base_channels=32,
-    channel_mults=(1, 2, 2),
-    num_res_blocks=1,
-    norm_groups=8,
-    lowest_attention=True,
 )
-
 unet_mnist = UNetPreset(
-    name="unet_mnist",
+    name="unet_mnist", image_size=28, base_channels=64, channel_mults=(1, 2, 2),
+    num_res_blocks=2, norm_groups=32, lowest_attention=True, dropout=0.1,
     description="base 64, mults (1, 2, 2), 2 residual blocks, 32 groups, dropout 0.1 "
     "(6,469,889 parameters): the GPU preset's U-Net",
-    image_size=28,
-    base_channels=64,
-    channel_mults=(1, 2, 2),
-    num_res_blocks=2,
-    norm_groups=32,
-    lowest_attention=True,
-    dropout=0.1,
 )
-
 # The 8x8-digits tutorial's "improved denoiser": residual blocks at 64 -> 128 -> 256 channels,
 # all at full 8x8 resolution, residual block + self-attention + residual block in the middle.
 improved_denoiser_8x8 = UNetPreset(
-    name="improved_denoiser_8x8",
+    name="improved_denoiser_8x8", image_size=8, base_channels=64, channel_mults=(1, 2, 4),
+    num_res_blocks=1, norm_groups=8, lowest_attention=False, downsample=False,
     description="the 8x8-digits tutorial's improved denoiser: 64/128/256 channels at 8x8 "
     "(9,202,305 parameters)",
-    image_size=8,
-    base_channels=64,
-    channel_mults=(1, 2, 4),
-    num_res_blocks=1,
-    norm_groups=8,
-    lowest_attention=False,
-    downsample=False,
 )
-
 unet_small_8x8 = UNetPreset(
-    name="unet_small_8x8",
+    name="unet_small_8x8", image_size=8, base_channels=32, channel_mults=(1, 2),
+    num_res_blocks=1, norm_groups=8, lowest_attention=False, downsample=False,
     description="two levels (32, 64 channels) at full 8x8 resolution (604,865 parameters)",
-    image_size=8,
-    base_channels=32,
-    channel_mults=(1, 2),
-    num_res_blocks=1,
-    norm_groups=8,
-    lowest_attention=False,
-    downsample=False,
 )
-
 unet_tiny_8x8 = UNetPreset(
-    name="unet_tiny_8x8",
+    name="unet_tiny_8x8", image_size=8, base_channels=8, channel_mults=(1,), num_res_blocks=1,
+    norm_groups=4, lowest_attention=False, mid_attention=False, downsample=False,
     description="one level of 8 channels at 8x8 (10,289 parameters): for tests",
-    image_size=8,
-    base_channels=8,
-    channel_mults=(1,),
-    num_res_blocks=1,
-    norm_groups=4,
-    lowest_attention=False,
-    mid_attention=False,
-    downsample=False,
 )
+# fmt: on
 
 #: Every preset by name.
 PRESETS: dict[str, UNetPreset] = {

@@ -91,6 +91,20 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _check_divides(
+    name: str, value: int, channels: list[tuple[int, str]], layer: str, hint: str = ""
+) -> None:
+    """ValueError naming the first ``(count, where)`` of ``channels`` that ``value`` does not
+    divide, and the values that divide them all."""
+    for n, where in channels:
+        if value < 1 or n % value:
+            valid = _divisors(math.gcd(*(c for c, _ in channels)))
+            raise ValueError(
+                f"{name}={value} must divide channels={n} ({layer} in {where}); choose {name} "
+                f"from {valid}{hint}."
+            )
+
+
 class UNet(Denoiser):
     """U-Net denoiser for NHWC images (see the module docstring for the architecture).
 
@@ -243,21 +257,11 @@ class UNet(Denoiser):
                 if attn_at[i]:
                     attn_chs.append((cout, where))
         normed.append((ch, "the output norm"))
-        for n, where in normed:
-            if norm_groups < 1 or n % norm_groups:
-                valid = _divisors(math.gcd(*(c for c, _ in normed)))
-                raise ValueError(
-                    f"norm_groups={norm_groups} must divide channels={n} (GroupNorm in "
-                    f"{where}); choose norm_groups from {valid}, which divide every "
-                    f"normalised channel count of this config, or change base_channels."
-                )
-        for n, where in attn_chs:
-            if num_heads < 1 or n % num_heads:
-                valid = _divisors(math.gcd(*(c for c, _ in attn_chs)))
-                raise ValueError(
-                    f"num_heads={num_heads} must divide channels={n} (attention in {where}); "
-                    f"choose num_heads from {valid}."
-                )
+        hint = (
+            ", which divide every normalised channel count of this config, or change base_channels"
+        )
+        _check_divides("norm_groups", norm_groups, normed, "GroupNorm", hint)
+        _check_divides("num_heads", num_heads, attn_chs, "attention")
 
         # ---- build ----
         self.channels = channels

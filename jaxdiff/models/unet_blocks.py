@@ -8,6 +8,8 @@ conv when channels change). Up-sampling resizes to the exact size of the next sk
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -108,8 +110,10 @@ class AttentionBlock(nnx.Module):
         return x + self.proj(out.reshape(b, h * w, c)).reshape(b, h, w, c)
 
 
-class Downsample(nnx.Module):
-    """Stride-2 3x3 conv with padding 1: ``(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C)``."""
+class _Resample(nnx.Module):
+    """A 3x3 conv ``channels -> channels`` with the subclass's ``conv_kwargs``."""
+
+    conv_kwargs: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -120,21 +124,21 @@ class Downsample(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.conv = make_conv(
-            channels,
-            channels,
-            (3, 3),
-            strides=(2, 2),
-            padding=((1, 1), (1, 1)),
-            dtype=dtype,
-            fast_conv_grad=fast_conv_grad,
-            rngs=rngs,
-        )
+            channels, channels, (3, 3), dtype=dtype, fast_conv_grad=fast_conv_grad, rngs=rngs,
+            **self.conv_kwargs,
+        )  # fmt: skip
+
+
+class Downsample(_Resample):
+    """Stride-2 3x3 conv with padding 1: ``(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C)``."""
+
+    conv_kwargs: ClassVar[dict[str, Any]] = {"strides": (2, 2), "padding": ((1, 1), (1, 1))}
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
 
 
-class Upsample(nnx.Module):
+class Upsample(_Resample):
     """Nearest-neighbour resize to an exact target size, then a 3x3 conv.
 
     Call: ``x (B, h, w, C)``, ``size = (H, W)`` -> ``(B, H, W, C)``. For ``H = 2h`` the
@@ -142,18 +146,7 @@ class Upsample(nnx.Module):
     source pixel, so the output always matches the skip connection's shape exactly.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        *,
-        dtype: jnp.dtype | None = None,
-        fast_conv_grad: bool = True,
-        rngs: nnx.Rngs,
-    ):
-        self.conv = make_conv(
-            channels, channels, (3, 3), padding="SAME", dtype=dtype,
-            fast_conv_grad=fast_conv_grad, rngs=rngs,
-        )  # fmt: skip
+    conv_kwargs: ClassVar[dict[str, Any]] = {"padding": "SAME"}
 
     def __call__(self, x: jax.Array, size: tuple[int, int]) -> jax.Array:
         return self.conv(nearest_resize(x, size))
