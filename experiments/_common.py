@@ -1,4 +1,4 @@
-"""Scaffolding shared by the experiments (mnist, digits, toy2d).
+"""Scaffolding shared by the experiments (mnist, digits, toy2d; forward: flags, run directory).
 
 Each experiment builds its own data, model and figures; the steps around them are the same:
 check the flags' ranges, open the run directory (main process only), check the batch against
