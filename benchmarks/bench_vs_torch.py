@@ -308,19 +308,7 @@ def jax_worker(args) -> dict:
             points.shape[1], config.num_timesteps, config.hidden, rngs=nnx.Rngs(config.seed)
         )
         _, params, apply = split_model(model)
-        # As experiments.toy2d.main builds it.
-        trainer = Trainer(
-            apply,
-            schedule,
-            TrainConfig(
-                learning_rate=config.learning_rate,
-                grad_clip_norm=config.grad_clip,
-                ema_decay=config.ema_decay,
-                antithetic=config.antithetic,
-                steps_per_call=config.steps_per_call,
-                unroll=1,
-            ),
-        )
+        trainer = Trainer(apply, schedule, toy2d.train_config(config))  # as experiments.toy2d
         key = jax.random.key(config.seed)
         state = trainer.init_state(params, jax.random.fold_in(key, 0))
         result["params"] = count_params(params)

@@ -1,9 +1,9 @@
-"""Scaffolding shared by the training experiments (mnist, digits, toy2d).
+"""Scaffolding shared by the experiments (mnist, digits, toy2d; forward: flags, run directory).
 
 Each experiment builds its own data, model and figures; the steps around them are the same:
-open the run directory (main process only), check the batch against the devices, restore the
-latest checkpoint on ``--resume``, run :func:`jaxdiff.loop.fit` with the metrics log, and write
-the common report sections.
+check the flags' ranges, open the run directory (main process only), check the batch against
+the devices, restore the latest checkpoint on ``--resume``, run :func:`jaxdiff.loop.fit` with
+the metrics log, and write the common report sections.
 """
 
 from __future__ import annotations
@@ -17,18 +17,21 @@ from typing import Any
 
 import jax
 
+from jaxdiff import plotting
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import fit
-from jaxdiff.outputs import MetricsLog, prepare_run_dir
+from jaxdiff.outputs import MetricsLog, prepare_run_dir, read_metrics
 from jaxdiff.sharding import is_main_process, main_process_succeeded, processes_without
 from jaxdiff.train import Trainer, TrainState
 
 __all__ = [
+    "check_at_least",
     "check_batch_divisible",
     "command_section",
     "evaluation_section",
     "fmt",
     "log",
+    "loss_figure",
     "open_run_dir",
     "restore_latest",
     "train",
@@ -76,6 +79,18 @@ def open_run_dir(
             "system or a bucket path); pass such a folder to every process"
         )
     return out
+
+
+def check_at_least(config: Any, minimum: int, *names: str) -> None:
+    """``ValueError`` for the first field in ``names`` below ``minimum``, named as its flag.
+
+    For a config's ``__post_init__``: ``--train-steps must be >= 1, got 0``. ``None`` (a flag
+    left to its default) passes.
+    """
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
 
 
 def check_batch_divisible(batch_size: int, trainer: Trainer) -> None:
@@ -142,6 +157,22 @@ def train(
             description="train",
         )
     return state, records, time.perf_counter() - start
+
+
+def loss_figure(out: Path, *, max_window: int, epoch_size: int | None = None) -> Path:
+    """``out / "loss_curves.png"`` from ``out / "metrics.jsonl"`` (every step's loss).
+
+    The moving mean spans a tenth of the steps, at most ``max_window``; with ``epoch_size`` a
+    panel shows the mean loss of each epoch (:func:`jaxdiff.plotting.plot_loss_curves`).
+    """
+    records = read_metrics(out / "metrics.jsonl")
+    return plotting.plot_loss_curves(
+        out / "loss_curves.png",
+        [r["step"] for r in records],
+        [r["loss"] for r in records],
+        window=min(max_window, max(1, len(records) // 10)),
+        epoch_size=epoch_size,
+    )
 
 
 def fmt(value: Any) -> str:

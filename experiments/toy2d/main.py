@@ -1,0 +1,149 @@
+"""The run of ``python -m experiments.toy2d``: data, model, training, samples, figures, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments._common import (
+    check_batch_divisible,
+    log,
+    loss_figure,
+    open_run_dir,
+    restore_latest,
+    train,
+)
+from experiments.toy2d import figures
+from experiments.toy2d.config import (
+    RESUMABLE,
+    Toy2dConfig,
+    build_schedule,
+    resolve,
+    steps_per_epoch,
+    train_config,
+)
+from experiments.toy2d.data import host_batches
+from experiments.toy2d.report import write_report
+from experiments.toy2d.sampling import final_samples, sample_statistics
+from experiments.toy2d.terminal import compare_terminal
+from jaxdiff import data as jdata
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.loop import steps_per_second
+from jaxdiff.models import ConditionalMLP, count_params, split_model
+from jaxdiff.outputs import read_metrics, write_json
+from jaxdiff.sharding import is_main_process, local_copy
+from jaxdiff.train import Trainer, eval_params
+
+
+def main(config: Toy2dConfig) -> dict:
+    """Run the experiment; return the final metrics dict (also written to metrics.json)."""
+    config = resolve(config)
+    t_start = time.perf_counter()
+    # Data: the point cloud, and the run directory (refused before any work).
+    dim = jdata.POINT_DATASETS[config.dataset][0]
+    points = jdata.make_points(config.dataset, config.num_points, seed=config.seed)
+    cfg_dict = dataclasses.asdict(config)
+    main_process = is_main_process()
+    out = open_run_dir(config, cfg_dict, RESUMABLE)
+
+    # Model: the conditional-linear MLP and the tutorial's optimiser.
+    schedule = build_schedule(config)
+    model = ConditionalMLP(dim, config.num_timesteps, config.hidden, rngs=nnx.Rngs(config.seed))
+    _graphdef, params, apply = split_model(model)
+    n_params = count_params(params)
+    trainer = Trainer(apply, schedule, train_config(config))
+    check_batch_divisible(config.batch_size, trainer)
+    key = jax.random.key(config.seed)
+    state = trainer.init_state(params, jax.random.fold_in(key, 0))
+    spe = steps_per_epoch(config)
+    log(
+        f"jaxdiff toy2d: {config.dataset} ({config.num_points} points, D={dim}); "
+        f"ConditionalMLP with {n_params:,} parameters; {config.train_steps} steps "
+        f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size}); "
+        f"{schedule!r}; out: {out}"
+    )
+
+    # Training from host batches, checkpointed (and resumed) every `checkpoint_every` steps.
+    checkpoint_every = config.checkpoint_every or config.train_steps
+    ckpt = Checkpointer(
+        out / "checkpoints", max_to_keep=config.keep_checkpoints, save_every=checkpoint_every
+    )
+    with ckpt:
+        state, restored = restore_latest(ckpt, state, config.resume)
+        start = int(jax.device_get(state.step))
+        if main_process:
+            figures.forward_figure(out, config, schedule, points, key)
+        batches = host_batches(
+            points,
+            config.batch_size,
+            config.seed,
+            start,
+            config.train_steps,
+            trainer.steps_per_call,
+            boundaries=(checkpoint_every,),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        state, records, train_seconds = train(
+            trainer, state, batches, config=config, out=out, ckpt=ckpt, cfg_dict=cfg_dict,
+            restored=restored,
+        )  # fmt: skip
+
+    # Samples from the EMA weights; every process samples, the main process writes.
+    final = final_samples(config, apply, local_copy(eval_params(state)), schedule, dim, key)
+    samples = final["samples"]
+    metrics: dict = {
+        "dataset": config.dataset,
+        "train_steps": config.train_steps,
+        "epochs": round(config.train_steps / spe, 3),
+        "batch_size": config.batch_size,
+        "parameters": n_params,
+        "schedule": repr(schedule),
+        "alphas_cumprod_last": schedule.final_alpha_bar,
+        "train_seconds_this_run": round(train_seconds, 1),
+        "steps_per_second": steps_per_second(records),
+        "sample_seconds": round(final["seconds"], 2),
+        "sampler": config.sampler,
+        "sample_steps": final["steps"],
+        **sample_statistics(points, samples),
+    }
+    if not main_process:
+        return metrics
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    metrics["final_loss_mean_last_epoch"] = float(np.mean(losses[-spe:]))
+    np.save(out / "samples.npy", samples)
+
+    # Figures, the schedules' terminal distributions, evaluation, metrics.json and report.md.
+    figures.process_figures(out, config, schedule, points, final, key)
+    figures.sample_figures(out, config, points, samples)
+    metrics["terminal"] = compare_terminal(out, config, schedule, points, key)
+    loss_figure(out, max_window=500, epoch_size=spe)
+    metrics |= _evaluation(samples, config)
+    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+    write_json(out / "metrics.json", metrics)
+    write_report(out, config, metrics)
+    log(f"done in {metrics['total_seconds_this_run']:.0f} s; see {out / 'report.md'}")
+    return metrics
+
+
+def _evaluation(samples: np.ndarray, config: Toy2dConfig) -> dict:
+    """``{"evaluation": ...}``: MMD and sliced Wasserstein distance to fresh data.
+
+    ``{}`` with ``--no-evaluate`` or samples that cannot be evaluated (said on stderr).
+    """
+    if not config.evaluate:
+        return {}
+    from jaxdiff.metrics import evaluate_samples
+
+    try:
+        evaluation = evaluate_samples(
+            samples, "points", dataset=config.dataset, cache_dir=config.cache_dir
+        )
+    except ValueError as e:  # e.g. NaN samples after divergence: report, keep the run
+        log(f"evaluation skipped: {e}")
+        return {}
+    return {"evaluation": evaluation}
