@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from experiments._cli import field
+from experiments._common import check_at_least
 from jaxdiff import data as jdata
 from jaxdiff.runs import ModelSpec
 from jaxdiff.samplers import SamplerName
@@ -65,21 +66,14 @@ class DigitsConfig:
     progress: bool = field(True, "show progress bars")
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "num_samples", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        for name in ("train_steps", "sample_steps", "steps_per_call"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        check_at_least(
+            self, 1, "epochs", "batch_size", "num_samples", "keep_checkpoints", "train_steps",
+            "sample_steps", "steps_per_call",
+        )  # fmt: skip
+        check_at_least(self, 0, "checkpoint_every")
+        check_at_least(self, 2, "num_timesteps")
         if self.batch_size > 1797:
             raise ValueError(f"--batch-size {self.batch_size} is larger than the 1797 images")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        if self.num_timesteps < 2:
-            raise ValueError(f"--num-timesteps must be >= 2, got {self.num_timesteps}")
         if self.sample_steps is not None and self.sample_steps > self.num_timesteps:
             raise ValueError(
                 f"--sample-steps {self.sample_steps} exceeds --num-timesteps {self.num_timesteps}"

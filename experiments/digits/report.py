@@ -9,11 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._common import command_section, evaluation_section, log, training_section
+from experiments._common import (
+    command_section,
+    evaluation_section,
+    log,
+    loss_figure,
+    training_section,
+)
 from experiments.digits.config import FORWARD_T, PROG, DigitsConfig
 from jaxdiff import plotting
 from jaxdiff.forward import q_sample
-from jaxdiff.outputs import read_metrics, write_report
+from jaxdiff.outputs import write_report
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import make_schedule
 
@@ -77,14 +83,7 @@ def final_figures(out: Path, config: DigitsConfig, final: dict, images: np.ndarr
     # Unclipped values: the histograms go from N(0, 1) noise to the pixel values in [0, 1].
     plotting.plot_histogram_evolution(out / "histogram_evolution.png", traj[cols], shown_t)
     plotting.save_gif(out / "reverse_process.gif", shown, ncols=8, scale=6)
-    records = read_metrics(out / "metrics.jsonl")
-    plotting.plot_loss_curves(
-        out / "loss_curves.png",
-        [r["step"] for r in records],
-        [r["loss"] for r in records],
-        window=min(50, max(1, len(records) // 10)),
-        epoch_size=spe,
-    )
+    loss_figure(out, max_window=50, epoch_size=spe)
 
 
 def evaluate(config: DigitsConfig, samples: np.ndarray) -> dict | None:

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from experiments._cli import field
+from experiments._common import check_at_least
 from jaxdiff.samplers import SamplerName
 
 PROG = "python -m experiments.inpaint"
@@ -57,12 +58,8 @@ class InpaintConfig:
             raise ValueError(f"--masks names a mask twice: {','.join(self.masks)}")
         if not 0 < self.random_fraction < 1:
             raise ValueError(f"--random-fraction must lie in (0, 1), got {self.random_fraction}")
-        if self.sample_steps < 1:
-            raise ValueError(f"--sample-steps must be >= 1, got {self.sample_steps}")
-        if self.resample_jumps < 0:
-            raise ValueError(f"--resample-jumps must be >= 0, got {self.resample_jumps}")
-        if self.jump_length < 1:
-            raise ValueError(f"--jump-length must be >= 1, got {self.jump_length}")
+        check_at_least(self, 1, "sample_steps", "jump_length")
+        check_at_least(self, 0, "resample_jumps")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other; pass one of them")
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import jax
 
 from experiments._cli import field
-from experiments._common import log
+from experiments._common import check_at_least, log
 from jaxdiff.runs import ModelSpec
 from jaxdiff.samplers import SamplerName
 from jaxdiff.train import TrainConfig
@@ -166,29 +166,14 @@ class MnistConfig:
     )
 
     def __post_init__(self):
-        for name in (
-            "train_steps",
-            "batch_size",
-            "warmup_steps",
-            "sample_steps",
-            "train_limit",
-            "steps_per_call",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "warmup_steps" else 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        check_at_least(
+            self, 1, "train_steps", "batch_size", "sample_steps", "train_limit", "steps_per_call",
+            "num_samples", "keep_checkpoints",
+        )  # fmt: skip
+        check_at_least(self, 0, "warmup_steps", "sample_every", "checkpoint_every")
+        check_at_least(self, 2, "num_timesteps")
         if self.image_size not in (28, 32):
             raise ValueError(f"--image-size must be 28 or 32, got {self.image_size}")
-        if self.num_timesteps < 2:
-            raise ValueError(f"--num-timesteps must be >= 2, got {self.num_timesteps}")
-        if self.num_samples is not None and self.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
-        for name in ("sample_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):

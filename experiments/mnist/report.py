@@ -8,12 +8,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._common import command_section, evaluation_section, log, training_section
+from experiments._common import (
+    command_section,
+    evaluation_section,
+    log,
+    loss_figure,
+    training_section,
+)
 from experiments.mnist.config import PROG, MnistConfig
 from experiments.mnist.sampling import to_images
 from jaxdiff import plotting
 from jaxdiff.forward import q_sample
-from jaxdiff.outputs import read_metrics, write_report
+from jaxdiff.outputs import write_report
 
 
 def forward_figures(out: Path, schedule, images: np.ndarray, key) -> None:
@@ -52,13 +58,7 @@ def final_figures(out: Path, config: MnistConfig, final: dict, images: np.ndarra
     plotting.plot_reverse_process(out / "reverse_process.png", traj[cols], shown_t, n=8)
     plotting.plot_histogram_evolution(out / "reverse_histograms.png", traj[cols], shown_t)
     plotting.save_gif(out / "reverse_process.gif", traj, ncols=5)
-    records = read_metrics(out / "metrics.jsonl")
-    plotting.plot_loss_curves(
-        out / "loss_curves.png",
-        [r["step"] for r in records],
-        [r["loss"] for r in records],
-        window=50,
-    )
+    loss_figure(out, max_window=50)
 
 
 def evaluate(config: MnistConfig, final: dict) -> dict | None:
