@@ -50,24 +50,28 @@ class TrainState(NamedTuple):
 
 
 def make_lr_schedule(config: TrainConfig) -> optax.Schedule:
-    """``lr(step)``: linear warm-up ``min(1, (step + 1) / warmup_steps)``, then constant or a
-    cosine from 1 to ``final_lr_fraction`` between ``warmup_steps`` and ``total_steps``
-    (held at the final value afterwards), times ``learning_rate``. Returns float32 scalars."""
-    peak = float(config.learning_rate)
+    """``lr(step)``: linear warm-up ``learning_rate * (step + 1) / warmup_steps`` for
+    ``step < warmup_steps``, then constant, or a cosine from ``learning_rate`` down to
+    ``final_lr_fraction * learning_rate`` at ``total_steps`` (SGDR, Loshchilov & Hutter 2017,
+    eq. 5, one cycle; held at the final value afterwards). Returns float32 scalars.
+
+    ``optax.join_schedules`` of ``optax.linear_schedule`` (which reaches the peak at step
+    ``warmup_steps - 1``) and ``optax.cosine_decay_schedule`` / ``optax.constant_schedule``
+    (which start from the peak at step ``warmup_steps``).
+    """
+    peak = jnp.float32(config.learning_rate)
     warmup = int(config.warmup_steps)
-    cosine = config.lr_schedule == "cosine"
-    total = int(config.total_steps) if cosine else 0
-    end = float(config.final_lr_fraction)
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        factor = jnp.minimum(1.0, (step + 1.0) / warmup) if warmup > 0 else jnp.float32(1.0)
-        if cosine:
-            progress = jnp.clip((step - warmup) / (total - warmup), 0.0, 1.0)
-            factor = factor * (end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
-        return peak * factor
-
-    return schedule
+    if config.lr_schedule == "cosine":
+        after = optax.cosine_decay_schedule(
+            peak, int(config.total_steps) - warmup, alpha=config.final_lr_fraction
+        )
+    else:
+        after = optax.constant_schedule(peak)
+    if warmup == 0:
+        return after
+    lr = float(config.learning_rate)
+    ramp = optax.linear_schedule(lr / warmup, lr, warmup - 1)
+    return optax.join_schedules([ramp, after], [warmup])
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -126,8 +130,12 @@ def ema_decay_at(step, decay: float, *, warmup: bool = True) -> jax.Array:
 
 
 def ema_update(ema: PyTree, params: PyTree, decay) -> PyTree:
-    """``decay * ema + (1 - decay) * params``, leaf by leaf."""
-    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    """``decay * ema + (1 - decay) * params``, leaf by leaf (shapes of ``params``).
+
+    ``optax.incremental_update`` (Polyak averaging), whose step size is the weight of the new
+    ``params``: ``1 - decay``.
+    """
+    return optax.incremental_update(params, ema, 1.0 - decay)
 
 
 def eval_params(state: TrainState, *, ema: bool = True) -> PyTree:
