@@ -43,14 +43,12 @@ class Trainer:
     pure step and give identical results for the same steps:
 
     - :meth:`step`: one step on one batch ``{"x": (B, ...), "labels": (B,)}``;
-    - :meth:`steps`: K steps on a stack ``{"x": (K, B, ...), ...}`` (host streaming, see
-      :func:`jaxdiff.sharding.prefetch_to_device`);
+    - :meth:`steps`: K steps on a stack ``{"x": (K, B, ...), ...}`` (host streaming);
     - :meth:`steps_on_data`: K steps on a dataset put on the devices once with
       :meth:`put_data` (batch indices drawn on the device; no host work per step).
 
     Host arrays passed in are this process's slice of the global batch (the whole batch in a
-    single-process run); arrays already sharded (from :meth:`put_batch` or the prefetcher)
-    pass through.
+    single-process run); arrays already sharded (from :meth:`put_batch`) pass through.
 
     Args:
       apply, schedule, config: as for :func:`make_train_step`.
