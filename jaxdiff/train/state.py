@@ -59,7 +59,7 @@ def make_lr_schedule(config: TrainConfig) -> optax.Schedule:
     ``warmup_steps - 1``) and ``optax.cosine_decay_schedule`` / ``optax.constant_schedule``
     (which start from the peak at step ``warmup_steps``).
     """
-    peak = jnp.float32(config.learning_rate)
+    peak = jnp.float32(config.learning_rate)  # so the cosine returns float32, not weakly typed
     warmup = int(config.warmup_steps)
     if config.lr_schedule == "cosine":
         after = optax.cosine_decay_schedule(
