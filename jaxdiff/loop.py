@@ -4,7 +4,7 @@
 
 - each call runs up to K steps (``trainer.steps_per_call``) in one compiled ``lax.scan``, either
   on a dataset that lives on the devices (batch indices drawn inside the compiled function) or on
-  stacked host batches from an iterator (streaming, e.g. ``jaxdiff.sharding.prefetch_to_device``);
+  stacked host batches from an iterator (streaming);
   calls are shortened so that checkpoints and hooks fall exactly on their step multiples;
 - the host never makes the devices wait: each call's metrics come back in one transfer, fetched
   after the next call has been dispatched (one call behind), except where a checkpoint or a hook

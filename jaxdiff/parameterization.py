@@ -57,34 +57,33 @@ def eps_from_x0(s: Schedule, x_t: jax.Array, t, x0: jax.Array) -> jax.Array:
     )
 
 
+def _alpha_sigma(
+    s: Schedule, t, x: jax.Array, other: jax.Array, names: tuple[str, str]
+) -> tuple[jax.Array, jax.Array]:
+    """``(sqrt(a), sqrt(1 - a))`` at ``t`` (a scalar or ``(B,)``), shaped to broadcast against
+    ``x`` ``(B, ...)`` (``(B, 1, ..., 1)`` for a ``(B,)`` ``t``), after checking that ``other``
+    has the shape of ``x`` (``names``: theirs, for the error message)."""
+    check_same_shape(x, other, *names)
+    t = check_timesteps(t, x, s.num_steps)
+    return gather(s.sqrt_alphas_cumprod, t, x), gather(s.sqrt_one_minus_alphas_cumprod, t, x)
+
+
 def v_from_eps_x0(s: Schedule, x0: jax.Array, t, eps: jax.Array) -> jax.Array:
     """The velocity target ``v = sqrt(a) eps - sqrt(1 - a) x0`` (Salimans & Ho eq. in sec. 4)."""
-    check_same_shape(x0, eps, "x0", "eps")
-    t = check_timesteps(t, x0, s.num_steps)
-    return (
-        gather(s.sqrt_alphas_cumprod, t, x0) * eps
-        - gather(s.sqrt_one_minus_alphas_cumprod, t, x0) * x0
-    )
+    alpha, sigma = _alpha_sigma(s, t, x0, eps, ("x0", "eps"))
+    return alpha * eps - sigma * x0
 
 
 def x0_from_v(s: Schedule, x_t: jax.Array, t, v: jax.Array) -> jax.Array:
     """``x0 = sqrt(a) x_t - sqrt(1 - a) v``. Shape of ``x_t``."""
-    check_same_shape(x_t, v, "x_t", "v")
-    t = check_timesteps(t, x_t, s.num_steps)
-    return (
-        gather(s.sqrt_alphas_cumprod, t, x_t) * x_t
-        - gather(s.sqrt_one_minus_alphas_cumprod, t, x_t) * v
-    )
+    alpha, sigma = _alpha_sigma(s, t, x_t, v, ("x_t", "v"))
+    return alpha * x_t - sigma * v
 
 
 def eps_from_v(s: Schedule, x_t: jax.Array, t, v: jax.Array) -> jax.Array:
     """``eps = sqrt(1 - a) x_t + sqrt(a) v``. Shape of ``x_t``."""
-    check_same_shape(x_t, v, "x_t", "v")
-    t = check_timesteps(t, x_t, s.num_steps)
-    return (
-        gather(s.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
-        + gather(s.sqrt_alphas_cumprod, t, x_t) * v
-    )
+    alpha, sigma = _alpha_sigma(s, t, x_t, v, ("x_t", "v"))
+    return sigma * x_t + alpha * v
 
 
 def prediction_target(

@@ -1,4 +1,4 @@
-"""Data parallelism over every device of every process: mesh, placements, multi-host, prefetch.
+"""Data parallelism over every device of every process: mesh, placements, multi-host.
 
 One mesh axis, ``"data"`` (:data:`DATA_AXIS`), spans all devices of all processes. Batches are
 sharded along their example axis, everything else (parameters, optimiser state, an on-device
@@ -12,7 +12,6 @@ each process then feeds only its slice of the global batch (:func:`shard_batch` 
 - :func:`make_mesh`, :func:`batch_sharding`, :func:`replicated_sharding`
 - :func:`check_batch_size`: the global batch must divide evenly over the devices
 - :func:`shard_batch`, :func:`replicate`: host arrays -> global ``jax.Array``
-- :func:`prefetch_to_device`, :func:`stack_batches`: stream host batches with a background thread
 - :func:`initialize_distributed`, :func:`is_main_process`, :func:`process_index`,
   :func:`process_count`, :func:`main_process_succeeded`, :func:`processes_without`,
   :func:`local_copy`
@@ -21,9 +20,7 @@ each process then feeds only its slice of the global batch (:func:`shard_batch` 
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -39,14 +36,12 @@ __all__ = [
     "local_copy",
     "main_process_succeeded",
     "make_mesh",
-    "prefetch_to_device",
     "process_count",
     "process_index",
     "processes_without",
     "replicate",
     "replicated_sharding",
     "shard_batch",
-    "stack_batches",
 ]
 
 DATA_AXIS = "data"
@@ -249,72 +244,3 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree_util.tree_map(put, tree)
-
-
-# --------------------------------------------------------------------------------------------------
-# Streaming from the host
-# --------------------------------------------------------------------------------------------------
-
-
-def stack_batches(batches: Iterable[PyTree], k: int) -> Iterator[PyTree]:
-    """Group consecutive host batches K at a time into one pytree with a leading ``(K,)`` axis
-    (for :meth:`jaxdiff.train.Trainer.steps`); an incomplete last group is dropped."""
-    if k < 1:
-        raise ValueError(f"k (steps per call) must be >= 1; got {k}.")
-    group: list[PyTree] = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == k:
-            yield jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *group)
-            group = []
-
-
-_END = object()
-
-
-def prefetch_to_device(
-    batches: Iterable[PyTree], mesh: Mesh, *, size: int = 2, stacked: bool = False
-) -> Iterator[PyTree]:
-    """Iterate over ``batches`` with up to ``size`` of them already sharded on the devices.
-
-    A background thread reads host batches (this process's slice, see :func:`shard_batch`) and
-    puts them on the devices while the previous step runs, so the step never waits on the host.
-    Exceptions of the source iterator are re-raised in the consumer.
-
-    Args:
-      batches: an iterable of pytrees of host arrays, ``(b, ...)`` or ``(K, b, ...)``.
-      mesh: the mesh; arrays are sharded with :func:`batch_sharding`.
-      size: how many batches to hold on device ahead of the consumer (>= 1).
-      stacked: the batches carry a leading K axis (see :func:`stack_batches`).
-    """
-    if size < 1:
-        raise ValueError(f"prefetch size must be >= 1; got {size}.")
-    buffer: queue.Queue = queue.Queue(maxsize=size)
-    stop = threading.Event()
-
-    def producer():
-        try:
-            for batch in batches:
-                if stop.is_set():
-                    return
-                buffer.put(shard_batch(batch, mesh, stacked=stacked))
-            buffer.put(_END)
-        except BaseException as error:  # handed to the consumer
-            buffer.put(error)
-
-    thread = threading.Thread(target=producer, name="jaxdiff-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        # Unblock a producer waiting on a full queue so the thread can end.
-        with buffer.mutex:
-            buffer.queue.clear()
-            buffer.not_full.notify_all()

@@ -189,38 +189,6 @@ def test_single_process_helpers():
         sharding.make_mesh([])
 
 
-def test_stack_batches_and_prefetch_keep_order():
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    host = [{"x": np.full((2, 3), i, np.float32)} for i in range(7)]
-    stacked = list(sharding.stack_batches(iter(host), 3))
-    assert len(stacked) == 2  # the incomplete last group is dropped
-    assert stacked[1]["x"].shape == (3, 2, 3)
-    np.testing.assert_array_equal(stacked[1]["x"][:, 0, 0], [3, 4, 5])
-    got = [float(b["x"][0, 0]) for b in sharding.prefetch_to_device(host, mesh, size=2)]
-    assert got == list(range(7))
-    got = list(sharding.prefetch_to_device(stacked, mesh, stacked=True))
-    assert got[0]["x"].sharding.spec == jax.sharding.PartitionSpec(None, "data")
-    with pytest.raises(ValueError, match=r"k .* >= 1"):
-        next(sharding.stack_batches(iter(host), 0))
-
-
-def test_prefetch_reraises_source_errors_and_stops_early():
-    mesh = sharding.make_mesh(jax.devices()[:1])
-
-    def broken():
-        yield {"x": np.zeros((2, 1), np.float32)}
-        raise RuntimeError("disk on fire")
-
-    it = sharding.prefetch_to_device(broken(), mesh)
-    next(it)
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        next(it)
-    endless = ({"x": np.zeros((2, 1), np.float32)} for _ in iter(int, 1))
-    it = sharding.prefetch_to_device(endless, mesh, size=1)
-    next(it)
-    it.close()  # must not hang
-
-
 def test_initialize_distributed_validates_ids():
     with pytest.raises(ValueError, match=r"process_id must lie in \[0, num_processes\)"):
         sharding.initialize_distributed("127.0.0.1:1", 2, 5, cpu_collectives=None)

@@ -75,6 +75,8 @@ class Solver:
         order ``min(order, steps left)`` at their last steps; None: never.
       default_steps: the default number of steps (None: the schedule's T).
       default_spacing: the default grid (:data:`jaxdiff.samplers.grids.SPACINGS`).
+      stochastic: whether :meth:`step` takes a standard normal draw ``z`` (a property where it
+        depends on a field, as DDIM's ``eta``).
     """
 
     name: ClassVar[str]
@@ -85,11 +87,7 @@ class Solver:
     lower_order_final_below: ClassVar[float | None] = None
     default_steps: ClassVar[int | None] = None
     default_spacing: ClassVar[str] = "trailing"
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether :meth:`step` takes a standard normal draw ``z``."""
-        return False
+    stochastic: ClassVar[bool] = False
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         """Per-scan-step coefficients, each an ``(L,)`` float64 array (see subclasses)."""

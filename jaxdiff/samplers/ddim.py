@@ -31,6 +31,7 @@ class DDIM(Solver):
 
     @property
     def stochastic(self) -> bool:
+        """Whether the step adds noise: ``eta != 0``."""
         return self.eta != 0.0
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:

@@ -27,11 +27,8 @@ class DDPM(Solver):
     name = "ddpm"
     default_steps = None
     default_spacing = "trailing"
+    stochastic = True
     variance: str = "posterior"
-
-    @property
-    def stochastic(self) -> bool:
-        return True
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         log_ratio = 2 * (np.log(p.alpha_s) - np.log(p.alpha_t))  # log(abar_s / abar_t)

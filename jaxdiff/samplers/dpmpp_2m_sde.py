@@ -6,13 +6,14 @@ import dataclasses
 
 import numpy as np
 
-from jaxdiff.samplers.base import Points, Solver, safe
+from jaxdiff.samplers.base import Points, safe
+from jaxdiff.samplers.dpmpp_2m import DPMSolverPP2M
 
 __all__ = ["DPMSolverPP2MSDE"]
 
 
 @dataclasses.dataclass(frozen=True)
-class DPMSolverPP2MSDE(Solver):
+class DPMSolverPP2MSDE(DPMSolverPP2M):
     """The second-order multistep solver of the reverse SDE in data-prediction form.
 
     With ``h = lambda_t - lambda_s``, ``r = (lambda_s - lambda_prev) / h`` and
@@ -23,20 +24,12 @@ class DPMSolverPP2MSDE(Solver):
 
     First order (no ``D1``) after a (re)start, to the clean sample (where it returns
     ``x0_s``) and at the last step of runs under 15 steps with ``lower_order_final``.
-    Stochastic: a fresh normal ``z`` at every step.
+    Stochastic: a fresh normal ``z`` at every step. Grid, orders and defaults are those of
+    :class:`DPMSolverPP2M` (diffusers' ``DPMSolverMultistepScheduler`` likewise makes both).
     """
 
     name = "dpm++2m-sde"
-    max_order = 2
-    history = 1
-    final = "sigma_min"
-    lower_order_final_below = 15
-    default_steps = 20
-    default_spacing = "logsnr"
-
-    @property
-    def stochastic(self) -> bool:
-        return True
+    stochastic = True
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         with np.errstate(all="ignore"):

@@ -25,10 +25,7 @@ class EulerAncestral(Solver):
     name = "euler-a"
     default_steps = 50
     default_spacing = "karras"
-
-    @property
-    def stochastic(self) -> bool:
-        return True
+    stochastic = True
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         k_s, k_t = ve_level(p.alpha_s, p.sigma_s), ve_level(p.alpha_t, p.sigma_t)
