@@ -349,18 +349,9 @@ def jax_worker(args) -> dict:
             result["model_flops"] = model_flops(
                 apply, params, (args.batch or config.batch_size, 8, 8, 1), True
             )
-        trainer = Trainer(
-            apply,
-            make_schedule(config.schedule, config.num_timesteps),
-            TrainConfig(
-                learning_rate=config.learning_rate,
-                optimizer="adamw",
-                weight_decay=config.weight_decay,
-                grad_clip_norm=config.grad_clip,
-                ema_decay=config.ema_decay,
-                steps_per_call=config.steps_per_call,
-            ),
-        )
+        spec = digits.model_spec(digits.resolve(config))  # the experiment's training settings
+        schedule = make_schedule(spec.schedule, spec.num_timesteps)
+        trainer = Trainer(apply, schedule, spec.train)
         state = trainer.init_state(params, jax.random.fold_in(jax.random.key(config.seed), 0))
         data = trainer.put_data({"x": images})
         result["params"] = count_params(params)

@@ -24,7 +24,7 @@ from jaxdiff.xla_options import enable_compilation_cache
 
 C = TypeVar("C")
 
-__all__ = ["field", "parse_config", "run_main"]
+__all__ = ["DistributedRunFlags", "RunFlags", "field", "parse_config", "run_main"]
 
 
 def field(default, help: str, *, default_text: str | None = None, **kwargs):
@@ -37,6 +37,43 @@ def field(default, help: str, *, default_text: str | None = None, **kwargs):
     return dataclasses.field(
         default=default, metadata={"help": help, "default_text": default_text, **kwargs}
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The flags of every training experiment about an earlier run in ``--out`` and progress
+    bars; a config inherits them (``--help`` lists them after the experiment's own flags)."""
+
+    resume: bool = field(False, "continue the run in --out from its latest checkpoint")
+    overwrite: bool = field(False, "delete an earlier run in --out and start again")
+    progress: bool = field(True, "show progress bars")
+
+    def __post_init__(self):
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other; pass one of them")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedRunFlags(RunFlags):
+    """:class:`RunFlags` and ``--distributed`` (:func:`run_main` joins the processes)."""
+
+    distributed: bool = field(
+        False,
+        "join a multi-process run (jax.distributed: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+        "JAX_PROCESS_ID, or the cluster's own variables); every process runs the same command",
+    )
+
+
+def _ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """``cls``'s fields, its own first and those inherited from flag groups after them."""
+    inherited = {
+        f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)
+        for f in dataclasses.fields(base)
+    }  # fmt: skip
+    fields = dataclasses.fields(cls)
+    return [f for f in fields if f.name not in inherited] + [
+        f for f in fields if f.name in inherited
+    ]
 
 
 def _flag(name: str) -> str:
@@ -114,7 +151,7 @@ def build_parser(cls: type, *, prog: str | None = None) -> argparse.ArgumentPars
         allow_abbrev=False,
     )
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in _ordered_fields(cls):
         tp = hints[f.name]
         help_text = f"{f.metadata.get('help', '')} (default: {default_text(f, presets)})"
         if tp is bool:

@@ -28,6 +28,7 @@ __all__ = [
     "check_at_least",
     "check_batch_divisible",
     "command_section",
+    "evaluate_or_skip",
     "evaluation_section",
     "fmt",
     "log",
@@ -157,6 +158,19 @@ def train(
             description="train",
         )
     return state, records, time.perf_counter() - start
+
+
+def evaluate_or_skip(samples: Any, kind: str, **kwargs: Any) -> dict | None:
+    """``jaxdiff`` sample evaluation of ``kind`` (mnist, digits, points; ``kwargs`` as
+    ``evaluate_samples`` takes them), or None with a note on stderr when the samples cannot be
+    evaluated (too few for a covariance, NaN after a divergence): the run is not lost."""
+    from jaxdiff.metrics import evaluate_samples
+
+    try:
+        return evaluate_samples(samples, kind, **kwargs)
+    except ValueError as e:
+        log(f"evaluation skipped: {e}")
+        return None
 
 
 def loss_figure(out: Path, *, max_window: int, epoch_size: int | None = None) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from experiments._cli import field
+from experiments._cli import RunFlags, field
 from experiments._common import check_at_least
 from jaxdiff import data as jdata
 from jaxdiff.runs import ModelSpec
@@ -26,7 +26,7 @@ MODELS = {"improved": "improved_denoiser_8x8", "small": "unet_small_8x8", "tiny"
 
 
 @dataclasses.dataclass(frozen=True)
-class DigitsConfig:
+class DigitsConfig(RunFlags):
     """Configuration of ``python -m experiments.digits`` (flags: ``--epochs 10`` ...)."""
 
     out: str = field("runs/digits", "output directory (config, metrics, samples, figures, ckpts)")
@@ -61,9 +61,6 @@ class DigitsConfig:
     cache_dir: str | None = field(
         None, "cache for the evaluation classifier", default_text="~/.cache/jaxdiff"
     )
-    resume: bool = field(False, "continue the run in --out from its latest checkpoint")
-    overwrite: bool = field(False, "delete an earlier run in --out and start again")
-    progress: bool = field(True, "show progress bars")
 
     def __post_init__(self):
         check_at_least(
@@ -87,8 +84,7 @@ class DigitsConfig:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other; pass one of them")
+        super().__post_init__()  # --resume and --overwrite
 
 
 # Settings that may change between a run and its --resume (they do not change the trained model).

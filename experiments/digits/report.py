@@ -11,8 +11,8 @@ import numpy as np
 
 from experiments._common import (
     command_section,
+    evaluate_or_skip,
     evaluation_section,
-    log,
     loss_figure,
     training_section,
 )
@@ -87,17 +87,8 @@ def final_figures(out: Path, config: DigitsConfig, final: dict, images: np.ndarr
 
 
 def evaluate(config: DigitsConfig, samples: np.ndarray) -> dict | None:
-    """Frechet distance etc. against held-out digits; None (with a note) when they cannot be
-    computed, e.g. too few samples for a covariance: the run is not lost."""
-    from jaxdiff.metrics import evaluate_samples
-
-    try:
-        return evaluate_samples(
-            samples, "digits", cache_dir=config.cache_dir, progress=config.progress
-        )
-    except ValueError as e:
-        log(f"evaluation skipped: {e}")
-        return None
+    """Frechet distance etc. against held-out digits (None: not computable)."""
+    return evaluate_or_skip(samples, "digits", cache_dir=config.cache_dir, progress=config.progress)
 
 
 def write_run_report(out: Path, config: DigitsConfig, metrics: dict) -> None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import jax
 
-from experiments._cli import field
+from experiments._cli import DistributedRunFlags, field
 from experiments._common import check_at_least, log
 from jaxdiff.runs import ModelSpec
 from jaxdiff.samplers import SamplerName
@@ -88,7 +88,7 @@ _DEFAULT_GUIDANCE = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
-class MnistConfig:
+class MnistConfig(DistributedRunFlags):
     """Configuration of ``python -m experiments.mnist`` (flags: ``--train-steps 2000`` ...).
 
     Defaults marked "from preset" depend on --preset (auto: cpu on a CPU, gpu on a GPU or TPU).
@@ -156,14 +156,6 @@ class MnistConfig:
     cache_dir: str | None = field(
         None, "cache for the evaluation classifier", default_text="~/.cache/jaxdiff"
     )
-    resume: bool = field(False, "continue the run in --out from its latest checkpoint")
-    overwrite: bool = field(False, "delete an earlier run in --out and start again")
-    progress: bool = field(True, "show progress bars")
-    distributed: bool = field(
-        False,
-        "join a multi-process run (jax.distributed: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
-        "JAX_PROCESS_ID, or the cluster's own variables); every process runs the same command",
-    )
 
     def __post_init__(self):
         check_at_least(
@@ -195,8 +187,7 @@ class MnistConfig:
                 "mixes conditional and unconditional predictions); add --class-conditional or "
                 "drop --guidance-scale"
             )
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other; pass one of them")
+        super().__post_init__()  # --resume and --overwrite
 
 
 # Settings that may change between a run and its --resume (they do not change the trained model).

@@ -10,8 +10,8 @@ import numpy as np
 
 from experiments._common import (
     command_section,
+    evaluate_or_skip,
     evaluation_section,
-    log,
     loss_figure,
     training_section,
 )
@@ -62,22 +62,11 @@ def final_figures(out: Path, config: MnistConfig, final: dict, images: np.ndarra
 
 
 def evaluate(config: MnistConfig, final: dict) -> dict | None:
-    """Frechet distance and classifier scores of the final samples; None (with a note) when
-    they cannot be computed, e.g. too few samples for a covariance: the run is not lost."""
-    from jaxdiff.metrics import evaluate_samples
-
-    try:
-        return evaluate_samples(
-            final["samples"],
-            "mnist",
-            labels=final["labels"],
-            cache_dir=config.cache_dir,
-            data_dir=config.data_dir,
-            progress=config.progress,
-        )
-    except ValueError as e:
-        log(f"evaluation skipped: {e}")
-        return None
+    """Frechet distance and classifier scores of the final samples (None: not computable)."""
+    return evaluate_or_skip(
+        final["samples"], "mnist", labels=final["labels"], cache_dir=config.cache_dir,
+        data_dir=config.data_dir, progress=config.progress,
+    )  # fmt: skip
 
 
 def write_run_report(out: Path, config: MnistConfig, metrics: dict) -> None:

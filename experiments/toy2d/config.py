@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from experiments._cli import field
+from experiments._cli import DistributedRunFlags, field
 from experiments._common import check_at_least
 from jaxdiff.samplers import SamplerName
 from jaxdiff.schedules import Schedule, make_schedule
@@ -30,7 +30,7 @@ DEFAULT_EPOCHS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
-class Toy2dConfig:
+class Toy2dConfig(DistributedRunFlags):
     """Configuration of ``python -m experiments.toy2d`` (flags: ``--dataset swiss_roll`` ...).
 
     The defaults are the 2-D tutorial's recipe, except the end of the noise schedule (see
@@ -84,14 +84,6 @@ class Toy2dConfig:
     cache_dir: str | None = field(
         None, "cache for the evaluation references", default_text="~/.cache/jaxdiff"
     )
-    resume: bool = field(False, "continue the run in --out from its latest checkpoint")
-    overwrite: bool = field(False, "delete an earlier run in --out and start again")
-    progress: bool = field(True, "show progress bars")
-    distributed: bool = field(
-        False,
-        "join a multi-process run (jax.distributed: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
-        "JAX_PROCESS_ID, or the cluster's own variables); every process runs the same command",
-    )
 
     def __post_init__(self):
         positive = (
@@ -133,8 +125,7 @@ class Toy2dConfig:
             raise ValueError(
                 f"--sample-steps {self.sample_steps} exceeds --num-timesteps {self.num_timesteps}"
             )
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other; pass one of them")
+        super().__post_init__()  # --resume and --overwrite
 
 
 # Settings that may change between a run and its --resume (they do not change the trained model).

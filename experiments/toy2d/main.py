@@ -11,6 +11,7 @@ from flax import nnx
 
 from experiments._common import (
     check_batch_divisible,
+    evaluate_or_skip,
     log,
     loss_figure,
     open_run_dir,
@@ -137,13 +138,7 @@ def _evaluation(samples: np.ndarray, config: Toy2dConfig) -> dict:
     """
     if not config.evaluate:
         return {}
-    from jaxdiff.metrics import evaluate_samples
-
-    try:
-        evaluation = evaluate_samples(
-            samples, "points", dataset=config.dataset, cache_dir=config.cache_dir
-        )
-    except ValueError as e:  # e.g. NaN samples after divergence: report, keep the run
-        log(f"evaluation skipped: {e}")
-        return {}
-    return {"evaluation": evaluation}
+    evaluation = evaluate_or_skip(
+        samples, "points", dataset=config.dataset, cache_dir=config.cache_dir
+    )
+    return {} if evaluation is None else {"evaluation": evaluation}
