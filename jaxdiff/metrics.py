@@ -41,11 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff._validate import check_sample_labels
+
 __all__ = [
     "EVALUATION_KINDS",
     "MIN_RECOMMENDED_SAMPLES",
     "FeatureStats",
-    "check_labels",
     "class_histogram",
     "class_histogram_kl",
     "classifier_metrics",
@@ -634,34 +635,6 @@ def _warn_few(n: int) -> None:
         )
 
 
-def check_labels(labels: Any, n: int, num_classes: int = 10) -> np.ndarray:
-    """Validate requested class labels: integer ``(n,)`` in ``0..num_classes-1``; return int32."""
-    y = np.asarray(labels)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if not np.issubdtype(y.dtype, np.integer):
-        if (
-            np.issubdtype(y.dtype, np.floating)
-            and np.isfinite(y).all()
-            and (y == np.round(y)).all()
-        ):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(
-                f"labels must be integer class indices; got dtype {y.dtype}. Save them with "
-                "np.save(path, labels.astype(np.int32))."
-            )
-    if y.shape != (n,):
-        raise ValueError(
-            f"labels must have shape ({n},), one requested class per sample; got {y.shape}."
-        )
-    if n and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in 0..{num_classes - 1}; got values in [{y.min()}, {y.max()}]."
-        )
-    return y.astype(np.int32)
-
-
 def _with_references(samples: dict, real: dict, noise: dict) -> dict:
     return {k: {"samples": v, "real": real[k], "noise": noise[k]} for k, v in samples.items()}
 
@@ -765,7 +738,7 @@ def _evaluate_images(
             f"{kind} feature space needs at least feature_dim + 1 = {need} samples for a "
             f"covariance; use >= {MIN_RECOMMENDED_SAMPLES} for a stable estimate."
         )
-    y = None if labels is None else check_labels(labels, n, spec.num_classes)
+    y = None if labels is None else check_sample_labels(labels, n, spec.num_classes)
     _warn_few(n)
 
     classifier = clf_mod.load_classifier(
