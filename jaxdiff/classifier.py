@@ -44,6 +44,7 @@ import optax
 from flax import nnx
 
 from jaxdiff._paths import default_cache_dir, resolve_cache_dir
+from jaxdiff.data.images import bilinear_resize_matrix
 
 __all__ = [
     "CLASSIFIER_SPECS",
@@ -241,19 +242,12 @@ def _init(spec: ClassifierSpec) -> tuple[Any, Any]:
 def _unresize_matrix(n_small: int, n_large: int) -> np.ndarray:
     """``(n_small, n_large)`` least-squares inverse of the bilinear ``n_small -> n_large`` resize.
 
-    ``pinv(R)`` with ``R = jax.image.resize(eye(n_small), (n_large, n_small), "bilinear")``, the
-    matrix with which :func:`jaxdiff.data.load_mnist` makes 32x32 MNIST (built here in NumPy, so
-    nothing is compiled). ``R`` has full column rank (condition number 2.1 for 28 -> 32), so
-    ``pinv(R) R = I``: an image that was upsampled this way comes back exactly.
+    ``pinv(R)`` (in float64, returned as float32) of ``R = bilinear_resize_matrix(n_small,
+    n_large)``, the matrix with which :func:`jaxdiff.data.load_mnist` makes 32x32 MNIST. ``R`` has
+    full column rank (condition number 2.1 for 28 -> 32), so ``pinv(R) R = I``: an image that was
+    upsampled this way comes back exactly.
     """
-    # Bilinear upsampling with half-pixel centres: output i samples the input at
-    # (i + 1/2) n_small / n_large - 1/2, clamped to the edge pixels (jax.image.resize's weights).
-    pos = np.clip((np.arange(n_large) + 0.5) * n_small / n_large - 0.5, 0.0, n_small - 1.0)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n_small - 1)
-    r = np.zeros((n_large, n_small))
-    np.add.at(r, (np.arange(n_large), lo), 1.0 - (pos - lo))
-    np.add.at(r, (np.arange(n_large), hi), pos - lo)
+    r = bilinear_resize_matrix(n_small, n_large).astype(np.float64)
     return np.linalg.pinv(r).astype(np.float32)
 
 
