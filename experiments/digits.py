@@ -382,7 +382,7 @@ def _final_figures(out: Path, config: DigitsConfig, final: dict, images: np.ndar
 
 
 def _evaluate(config: DigitsConfig, samples: np.ndarray) -> dict | None:
-    from jaxdiff.metrics import evaluate_samples
+    from jaxdiff.evaluation import evaluate_samples
 
     try:
         return evaluate_samples(

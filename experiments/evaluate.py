@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments._cli import field, run_main
 from jaxdiff.data import POINT_DATASETS
-from jaxdiff.metrics import EVALUATION_KINDS, evaluate_samples
+from jaxdiff.evaluation import EVALUATION_KINDS, evaluate_samples
 
 PROG = "python -m experiments.evaluate"
 

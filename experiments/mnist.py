@@ -828,7 +828,7 @@ def _final_figures(out: Path, config: MnistConfig, final: dict, images: np.ndarr
 
 
 def _evaluate(config: MnistConfig, final: dict) -> dict | None:
-    from jaxdiff.metrics import evaluate_samples
+    from jaxdiff.evaluation import evaluate_samples
 
     try:
         return evaluate_samples(

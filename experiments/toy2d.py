@@ -355,7 +355,7 @@ def main(config: Toy2dConfig) -> dict:
         terminal = _final_figures(out, config, schedule, points, final, key)
         metrics["terminal"] = terminal
         if config.evaluate:
-            from jaxdiff.metrics import evaluate_samples
+            from jaxdiff.evaluation import evaluate_samples
 
             try:
                 metrics["evaluation"] = evaluate_samples(
