@@ -306,6 +306,29 @@ def test_images_bits_per_dim_real_bound():
         M.images_bits_per_dim(apply, jnp.float32(0.1), schedule, images + 1.5)
 
 
+def test_images_bits_per_dim_compiles_once_across_calls():
+    """A second call with the same model function and batch shape reuses the compiled bound.
+
+    ``apply`` counts its traces (a Python side effect runs only while tracing): the batches of
+    one call, a second call, and a call with another schedule of the same length trace it once.
+    """
+    traces = []
+
+    def apply(p, x, t, y):
+        traces.append(x.shape)
+        return p * x
+
+    schedule = jaxdiff.make_schedule("linear", num_steps=4)
+    images = np.random.default_rng(9).uniform(-1.0, 1.0, (4, 2, 2, 1)).astype(np.float32)
+    first = M.images_bits_per_dim(apply, jnp.float32(0.1), schedule, images, batch_size=2)
+    assert len(traces) == 1  # two batches, one trace
+    again = M.images_bits_per_dim(apply, jnp.float32(0.1), schedule, images, batch_size=2)
+    np.testing.assert_array_equal(again, first)
+    other = jaxdiff.make_schedule("linear", num_steps=4, beta_end=0.5)
+    M.images_bits_per_dim(apply, jnp.float32(0.2), other, images[::-1], batch_size=2)
+    assert len(traces) == 1
+
+
 def test_quantize_8bit():
     q = M.quantize_8bit(np.array([-1.2, -1.0, 0.0, 0.3, 1.0, 1.5]))
     np.testing.assert_allclose((q + 1) * 127.5, np.round((q + 1) * 127.5), atol=1e-4)
