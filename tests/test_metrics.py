@@ -559,6 +559,35 @@ def test_corrupt_or_stale_cache_is_rebuilt_with_warning(mnist_cache, tmp_path, m
     assert calls == ["mnist", "mnist"]
 
 
+def test_cache_save_is_orbax_commit_then_meta_json(mnist_cache, tmp_path, monkeypatch):
+    """An interrupted save (an orbax temporary folder, nothing committed) is neither corrupt nor
+    a cache: training goes ahead without a warning. A second writer of the same classifier keeps
+    the first one's checkpoint and meta.json. No temporary file is left behind."""
+    _, clf = mnist_cache
+    path = clf_cache.classifier_dir("mnist", tmp_path)
+    step = clf.meta["train_steps"]
+    (path / "params" / f"{step}.orbax-checkpoint-tmp-1234567890").mkdir(parents=True)
+    monkeypatch.setattr(clf_cache, "_LOADED", {})
+
+    def fake_train(kind, **kwargs):
+        return dataclasses.replace(clf, meta={**clf.meta, "cache_id": "first"})
+
+    monkeypatch.setattr(clf_training, "train_classifier", fake_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = clf_cache.load_classifier("mnist", cache_dir=tmp_path, progress=False)
+    assert first.meta["cache_id"] == "first"
+    assert json.loads((path / "meta.json").read_text())["cache_id"] == "first"
+    second = dataclasses.replace(clf, meta={**clf.meta, "cache_id": "second"})
+    clf_cache._save_classifier(second, path)  # the step is committed already: kept
+    assert json.loads((path / "meta.json").read_text())["cache_id"] == "first"
+    monkeypatch.setattr(clf_cache, "_LOADED", {})
+    restored = clf_cache.load_classifier("mnist", cache_dir=tmp_path, progress=False)
+    assert restored.meta["cache_id"] == "first"
+    leftovers = [p.name for p in path.rglob("*") if "tmp" in p.name]
+    assert not leftovers, leftovers
+
+
 def test_fid_mnist_increases_with_noise(mnist_cache, mnist_data_dir):
     cache, _ = mnist_cache
     x, y = clf_training.classifier_data("mnist", "train", data_dir=mnist_data_dir, limit=2400)

@@ -4,12 +4,12 @@ Layout under ``<cache_dir>`` (default :func:`jaxdiff._paths.default_cache_dir`:
 ``$JAXDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxdiff`` or ``~/.cache/jaxdiff``):
 
 * ``classifiers/<kind>-<version>/params/`` -- the trained parameters, an orbax checkpoint
-  written by :class:`jaxdiff.checkpoint.Checkpointer`; its metadata holds the spec, test
-  accuracy and a fresh ``cache_id``. ``meta.json`` next to it is a readable copy of that
-  metadata. Both are written into a temporary folder that is renamed into place. Bumping a
-  spec's ``version`` moves to a new folder; a cache whose stored spec differs from the code, or
-  that fails to restore (corrupt or truncated files, NaN parameters), is retrained with a
-  :class:`ClassifierCacheWarning`.
+  written by :class:`jaxdiff.checkpoint.Checkpointer`, which commits it atomically (a reader
+  sees the whole checkpoint or none); its metadata holds the spec, test accuracy and a fresh
+  ``cache_id``. ``meta.json`` next to it is a readable copy of that metadata, written after the
+  commit. Bumping a spec's ``version`` moves to a new folder; a cache whose stored spec differs
+  from the code, or that fails to restore (corrupt or truncated files, NaN parameters), is
+  retrained with a :class:`ClassifierCacheWarning`.
 * ``classifiers/<kind>-<version>/reference-<size>.npz`` -- :class:`ReferenceFeatures`: the
   target statistics and the features of real and noise images at the sample size ``<size>``.
 * ``<name>.json`` -- small tables of :func:`cached_json` (e.g. the point-cloud references).
@@ -20,6 +20,7 @@ a concurrent reader never sees half a file; no pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,7 +29,7 @@ import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -37,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff._paths import resolve_cache_dir
-from jaxdiff.checkpoint import CheckpointCorruptionWarning, Checkpointer
+from jaxdiff.checkpoint import CheckpointCorruptionWarning, Checkpointer, CheckpointSaveError
 from jaxdiff.evaluation import training
 from jaxdiff.evaluation.features import (
     ClassifierSpec,
@@ -83,39 +84,57 @@ def classifier_dir(kind: str, cache_dir: str | os.PathLike | None = None) -> Pat
     return resolve_cache_dir(cache_dir) / "classifiers" / f"{spec.kind}-{spec.version}"
 
 
-def _save_classifier(clf: FeatureClassifier, path: Path) -> None:
-    """Write ``params/`` (orbax, via jaxdiff.checkpoint) and ``meta.json``, then rename into place.
-
-    Written into a temporary sibling directory and renamed at the end, so a concurrent reader or
-    an interrupted run never sees a half-written cache.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with Checkpointer(tmp / "params", max_to_keep=1, async_save=False) as ckpt:
-            ckpt.save(clf.meta["train_steps"], clf.params, metadata=clf.meta, force=True)
-        (tmp / "meta.json").write_text(json.dumps(clf.meta, indent=2) + "\n")
-        try:
-            tmp.rename(path)
-        except OSError:  # another process finished first: keep theirs
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _restore_classifier(spec: ClassifierSpec, path: Path) -> FeatureClassifier:
-    """Restore a cached classifier; raise with the reason if it is corrupt or stale."""
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: build_network(spec)), nnx.Param)
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Silence orbax's INFO/WARNING logs ("Given directory is read only", ...) for a moment."""
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # orbax logs "Given directory is read only" otherwise
+    absl_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with Checkpointer(path / "params", read_only=True) as ckpt:
-                params, meta = ckpt.restore(abstract_params)
+        yield
     finally:
         absl_logger.setLevel(level)
+
+
+def _committed_step(path: Path) -> int | None:
+    """The committed checkpoint step in ``path/params``, or ``None`` if there is none yet."""
+    if not (path / "params").is_dir():
+        return None
+    with _quiet_absl(), Checkpointer(path / "params", read_only=True) as ckpt:
+        return ckpt.latest_step()
+
+
+def _save_classifier(clf: FeatureClassifier, path: Path) -> None:
+    """Cache ``clf`` in ``path``: ``params/`` (orbax, committed atomically), then ``meta.json``.
+
+    Readers restore only a committed checkpoint, so an interrupted save leaves no half cache.
+    If another process committed the same classifier first, its checkpoint is kept.
+    """
+    try:
+        with Checkpointer(path / "params", max_to_keep=1, async_save=False) as ckpt:
+            saved = ckpt.save(clf.meta["train_steps"], clf.params, metadata=clf.meta, force=True)
+    except CheckpointSaveError:
+        if _committed_step(path) is None:
+            raise
+        saved = False  # another process committed between our check and our save
+    if saved:  # else the step was there already: the process that committed it writes meta.json
+        text = json.dumps(clf.meta, indent=2) + "\n"
+        _atomic_write(path / "meta.json", lambda p: p.write_text(text))
+
+
+def _restore_classifier(spec: ClassifierSpec, path: Path) -> FeatureClassifier | None:
+    """The classifier cached in ``path``; ``None`` if no checkpoint is committed there yet.
+
+    Raises (``ValueError`` and whatever orbax raises) with the reason if the committed
+    checkpoint is corrupt, truncated or stale (another spec), or holds NaN.
+    """
+    if _committed_step(path) is None:
+        return None
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: build_network(spec)), nnx.Param)
+    with _quiet_absl(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Checkpointer(path / "params", read_only=True) as ckpt:
+            params, meta = ckpt.restore(abstract_params)
     corrupt = [w for w in caught if issubclass(w.category, CheckpointCorruptionWarning)]
     for w in caught:  # unrelated warnings (deprecations, ...) pass through unchanged
         if w not in corrupt:
@@ -161,8 +180,6 @@ def load_classifier(
     if path.exists():
         try:
             clf = _restore_classifier(spec, path)
-            _LOADED[(str(path), spec)] = clf
-            return clf
         except Exception as err:  # any failure means: rebuild
             warnings.warn(
                 f"the cached {kind} feature classifier at {path} is corrupt or stale "
@@ -171,6 +188,10 @@ def load_classifier(
                 stacklevel=2,
             )
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            if clf is not None:
+                _LOADED[(str(path), spec)] = clf
+                return clf
     if progress:
         print(
             f"jaxdiff: no cached {kind} feature classifier in {path}; training one"
