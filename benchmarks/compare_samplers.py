@@ -2,7 +2,7 @@
 
 Restores the newest checkpoint of RUN, or the one of ``--step N`` (its config.json rebuilds the
 model), draws N samples per variant with the same key and prints the Frechet distance and
-classifier score of :func:`jaxdiff.metrics.evaluate_samples` (the cached MNIST classifier; its
+classifier score of :func:`jaxdiff.evaluation.evaluate_samples` (the cached MNIST classifier; its
 first use trains it).
 A variant is ``SAMPLER:STEPS:WEIGHTS`` with WEIGHTS ``ema`` or ``raw``.
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from experiments import mnist
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.metrics import evaluate_samples
+from jaxdiff.evaluation import evaluate_samples
 from jaxdiff.runs import read_config
 from jaxdiff.samplers import sample
 from jaxdiff.train import eval_params, init_train_state, make_optimizer

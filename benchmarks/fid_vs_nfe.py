@@ -2,7 +2,7 @@
 
 Restores one finished ``experiments.mnist`` run (its config.json rebuilds the model), draws
 ``--num-samples`` samples with the same key for every (solver, NFE) pair and for DDPM on all T
-steps, and evaluates them with the project's metric (:func:`jaxdiff.metrics.evaluate_samples`).
+steps, and evaluates them with the project's metric (:func:`jaxdiff.evaluation.evaluate_samples`).
 NFE counts network evaluations per sample: the solver's steps, except Heun (2 steps - 1, the
 largest that fits the budget). Each result is appended to ``OUT/results.jsonl`` as it is
 measured (a rerun skips what is there); at the end ``OUT/fid_vs_nfe.md`` holds the table and
@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from experiments import mnist
-from jaxdiff.metrics import evaluate_samples
+from jaxdiff.evaluation import evaluate_samples
 from jaxdiff.runs import load_run
 from jaxdiff.samplers import SAMPLERS, sample
 

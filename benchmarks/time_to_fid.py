@@ -17,7 +17,7 @@ model initialisation and evaluation are not). After each segment the EMA weights
 When training is done every snapshot is sampled the same way (DDPM on 25 respaced "trailing"
 steps, x0 clipped to [-1, 1], ``--num-samples`` images, a fixed seed; PyTorch samples with its
 own Python loop, ``torch_recipes.ddpm_sample``) and scored with
-:func:`jaxdiff.metrics.evaluate_samples` (the Frechet distance in the feature space of the
+:func:`jaxdiff.evaluation.evaluate_samples` (the Frechet distance in the feature space of the
 cached MNIST classifier). FID at 256 samples is biased upwards against the 1,000-sample numbers
 of the README: compare the recipes with each other.
 
@@ -54,7 +54,7 @@ SAMPLE_STEPS = 25
 
 
 def _fid(images: np.ndarray, cache_dir: str | None) -> tuple[float, float]:
-    from jaxdiff.metrics import evaluate_samples
+    from jaxdiff.evaluation import evaluate_samples
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "only N samples": compare, not report

@@ -164,7 +164,7 @@ def evaluate_or_skip(samples: Any, kind: str, **kwargs: Any) -> dict | None:
     """``jaxdiff`` sample evaluation of ``kind`` (mnist, digits, points; ``kwargs`` as
     ``evaluate_samples`` takes them), or None with a note on stderr when the samples cannot be
     evaluated (too few for a covariance, NaN after a divergence): the run is not lost."""
-    from jaxdiff.metrics import evaluate_samples
+    from jaxdiff.evaluation import evaluate_samples
 
     try:
         return evaluate_samples(samples, kind, **kwargs)

@@ -1,6 +1,6 @@
 """Evaluate saved samples: every metric next to its real-data floor and noise ceiling, as JSON.
 
-All logic lives in :func:`jaxdiff.metrics.evaluate_samples`; this module only parses the command
+All logic lives in :func:`jaxdiff.evaluation.evaluate_samples`; this module only parses the command
 line (with the project's dataclass -> argparse helper, :mod:`experiments._cli`) and loads the
 ``.npy`` files. See :class:`EvaluateConfig` for the commands.
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments._cli import field, run_main
 from jaxdiff.data import POINT_DATASETS
-from jaxdiff.metrics import EVALUATION_KINDS, evaluate_samples
+from jaxdiff.evaluation import EVALUATION_KINDS, evaluate_samples
 
 PROG = "python -m experiments.evaluate"
 
@@ -106,7 +106,7 @@ def main(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate the files named by ``config``; print the JSON (and write ``metrics.json``).
 
     Returns:
-      :func:`jaxdiff.metrics.evaluate_samples`'s dict.
+      :func:`jaxdiff.evaluation.evaluate_samples`'s dict.
     """
     samples = _load_npy(config.samples, "samples")
     labels = None if config.labels is None else _load_npy(config.labels, "labels")

@@ -1,4 +1,4 @@
-"""Sample-quality metrics (jaxdiff.metrics), feature classifiers (jaxdiff.classifier), the CLI.
+"""Sample-quality metrics (jaxdiff.metrics), feature classifiers (jaxdiff.evaluation), the CLI.
 
 The pure metrics are checked against closed forms, hand-computed values and float64 SciPy
 references. The feature classifiers are trained with tiny specs (a few hundred images, a few dozen
@@ -26,8 +26,11 @@ import scipy.stats
 
 import jaxdiff
 from experiments import evaluate as evaluate_cli
-from jaxdiff import classifier as clf_mod
+from jaxdiff import evaluation as E
 from jaxdiff import metrics as M
+from jaxdiff.evaluation import cache as clf_cache
+from jaxdiff.evaluation import features as clf_features
+from jaxdiff.evaluation import training as clf_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -303,6 +306,29 @@ def test_images_bits_per_dim_real_bound():
         M.images_bits_per_dim(apply, jnp.float32(0.1), schedule, images + 1.5)
 
 
+def test_images_bits_per_dim_compiles_once_across_calls():
+    """A second call with the same model function and batch shape reuses the compiled bound.
+
+    ``apply`` counts its traces (a Python side effect runs only while tracing): the batches of
+    one call, a second call, and a call with another schedule of the same length trace it once.
+    """
+    traces = []
+
+    def apply(p, x, t, y):
+        traces.append(x.shape)
+        return p * x
+
+    schedule = jaxdiff.make_schedule("linear", num_steps=4)
+    images = np.random.default_rng(9).uniform(-1.0, 1.0, (4, 2, 2, 1)).astype(np.float32)
+    first = M.images_bits_per_dim(apply, jnp.float32(0.1), schedule, images, batch_size=2)
+    assert len(traces) == 1  # two batches, one trace
+    again = M.images_bits_per_dim(apply, jnp.float32(0.1), schedule, images, batch_size=2)
+    np.testing.assert_array_equal(again, first)
+    other = jaxdiff.make_schedule("linear", num_steps=4, beta_end=0.5)
+    M.images_bits_per_dim(apply, jnp.float32(0.2), other, images[::-1], batch_size=2)
+    assert len(traces) == 1
+
+
 def test_quantize_8bit():
     q = M.quantize_8bit(np.array([-1.2, -1.0, 0.0, 0.3, 1.0, 1.5]))
     np.testing.assert_allclose((q + 1) * 127.5, np.round((q + 1) * 127.5), atol=1e-4)
@@ -319,7 +345,7 @@ def no_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("input validation must fail before a classifier is loaded")
 
-    monkeypatch.setattr(clf_mod, "load_classifier", fail)
+    monkeypatch.setattr(clf_cache, "load_classifier", fail)
 
 
 def _mnist_like(n=200, shape=(28, 28, 1), dtype=np.float32):
@@ -346,36 +372,36 @@ def _mnist_like(n=200, shape=(28, 28, 1), dtype=np.float32):
 )  # fmt: skip
 def test_evaluate_samples_rejects_bad_images(no_training, samples, kind, match):
     with pytest.raises(ValueError, match=match):
-        M.evaluate_samples(samples, kind)
+        E.evaluate_samples(samples, kind)
 
 
 def test_evaluate_samples_rejects_bad_labels_and_points(no_training):
     x = _mnist_like()
     with pytest.raises(ValueError, match=r"0\.\.9"):
-        M.evaluate_samples(x, "mnist", labels=np.full(200, 10))
+        E.evaluate_samples(x, "mnist", labels=np.full(200, 10))
     with pytest.raises(ValueError, match=r"shape \(200,\)"):
-        M.evaluate_samples(x, "mnist", labels=np.zeros(199, np.int32))
+        E.evaluate_samples(x, "mnist", labels=np.zeros(199, np.int32))
     with pytest.raises(ValueError, match="only used with kind='points'"):
-        M.evaluate_samples(x, "mnist", dataset="moons")
+        E.evaluate_samples(x, "mnist", dataset="moons")
     pts = np.random.default_rng(0).standard_normal((50, 2)).astype(np.float32)
     with pytest.raises(ValueError, match="pass dataset="):
-        M.evaluate_samples(pts, "points")
+        E.evaluate_samples(pts, "points")
     with pytest.raises(ValueError, match="unknown point dataset"):
-        M.evaluate_samples(pts, "points", dataset="spiral")
+        E.evaluate_samples(pts, "points", dataset="spiral")
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
-        M.evaluate_samples(pts, "points", dataset="swiss_roll_3d")
+        E.evaluate_samples(pts, "points", dataset="swiss_roll_3d")
     with pytest.raises(ValueError, match="float"):
-        M.evaluate_samples(pts.astype(np.int64), "points", dataset="moons")
+        E.evaluate_samples(pts.astype(np.int64), "points", dataset="moons")
     bad = pts.copy()
     bad[4, 1] = np.inf
     with pytest.raises(ValueError, match="non-finite"):
-        M.evaluate_samples(bad, "points", dataset="moons")
+        E.evaluate_samples(bad, "points", dataset="moons")
 
 
 def test_evaluate_points_end_to_end(tmp_path):
     good = jaxdiff.data.make_points("moons", 600, seed=123)
     with pytest.warns(UserWarning, match="only 600 samples"):
-        out = M.evaluate_samples(good, "points", dataset="moons", cache_dir=tmp_path)
+        out = E.evaluate_samples(good, "points", dataset="moons", cache_dir=tmp_path)
     json.dumps(out)  # JSON-serialisable
     for name in ("mmd2_rbf", "sliced_wasserstein"):
         m = out["metrics"][name]
@@ -384,7 +410,7 @@ def test_evaluate_points_end_to_end(tmp_path):
     # Second call: the references come from the cache.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = M.evaluate_samples(good * 1.5, "points", dataset="moons", cache_dir=tmp_path)
+        again = E.evaluate_samples(good * 1.5, "points", dataset="moons", cache_dir=tmp_path)
     assert again["metrics"]["mmd2_rbf"]["real"] == out["metrics"]["mmd2_rbf"]["real"]
     assert again["metrics"]["mmd2_rbf"]["samples"] > out["metrics"]["mmd2_rbf"]["samples"]
 
@@ -439,20 +465,20 @@ def test_cli_subprocess_unknown_flag():
 # --------------------------------------------------------------------------------------------------
 
 TINY_MNIST = dataclasses.replace(
-    clf_mod.CLASSIFIER_SPECS["mnist"], version="test-tiny", train_limit=1024, epochs=2,
+    clf_features.CLASSIFIER_SPECS["mnist"], version="test-tiny", train_limit=1024, epochs=2,
     batch_size=64, warmup_steps=4, min_test_accuracy=0.0,
 )  # fmt: skip
 TINY_DIGITS = dataclasses.replace(
-    clf_mod.CLASSIFIER_SPECS["digits"], version="test-tiny", epochs=3, min_test_accuracy=0.0
+    clf_features.CLASSIFIER_SPECS["digits"], version="test-tiny", epochs=3, min_test_accuracy=0.0
 )
 
 
 @pytest.fixture(scope="module")
 def tiny_specs():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(clf_mod.CLASSIFIER_SPECS, "mnist", TINY_MNIST)
-        mp.setitem(clf_mod.CLASSIFIER_SPECS, "digits", TINY_DIGITS)
-        mp.setattr(clf_mod, "_REFERENCE_POOL", 2000)
+        mp.setitem(clf_features.CLASSIFIER_SPECS, "mnist", TINY_MNIST)
+        mp.setitem(clf_features.CLASSIFIER_SPECS, "digits", TINY_DIGITS)
+        mp.setattr(clf_cache, "_REFERENCE_POOL", 2000)
         yield
 
 
@@ -460,7 +486,7 @@ def tiny_specs():
 def mnist_cache(tiny_specs, mnist_data_dir, tmp_path_factory):
     """A tiny MNIST classifier trained once into a temporary cache: (cache_dir, classifier)."""
     cache = tmp_path_factory.mktemp("jaxdiff-cache")
-    clf = clf_mod.load_classifier("mnist", cache_dir=cache, data_dir=mnist_data_dir,
+    clf = clf_cache.load_classifier("mnist", cache_dir=cache, data_dir=mnist_data_dir,
                                   progress=False)  # fmt: skip
     return cache, clf
 
@@ -469,22 +495,22 @@ def test_mnist_classifier_trains_and_caches(mnist_cache, mnist_data_dir, monkeyp
     cache, clf = mnist_cache
     assert clf.meta["train_examples"] == 1024 and clf.meta["test_examples"] == 10_000
     assert clf.meta["test_accuracy"] > 0.75  # chance is 0.1; 32 steps on 1,024 images
-    path = clf_mod.classifier_dir("mnist", cache)
+    path = clf_cache.classifier_dir("mnist", cache)
     assert path == cache / "classifiers" / "mnist-test-tiny"
     assert (path / "meta.json").exists() and (path / "params").is_dir()
 
     def no_retrain(*args, **kwargs):
         raise AssertionError("a cached classifier must not be retrained")
 
-    monkeypatch.setattr(clf_mod, "train_classifier", no_retrain)
-    assert clf_mod.load_classifier("mnist", cache_dir=cache, progress=False) is clf  # in memory
-    monkeypatch.setattr(clf_mod, "_LOADED", {})  # a new process: restored from the checkpoint
+    monkeypatch.setattr(clf_training, "train_classifier", no_retrain)
+    assert clf_cache.load_classifier("mnist", cache_dir=cache, progress=False) is clf  # in memory
+    monkeypatch.setattr(clf_cache, "_LOADED", {})  # a new process: restored from the checkpoint
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        again = clf_mod.load_classifier("mnist", cache_dir=cache, progress=False)
+        again = clf_cache.load_classifier("mnist", cache_dir=cache, progress=False)
     assert again is not clf and again.meta["cache_id"] == clf.meta["cache_id"]
     jax.tree.map(np.testing.assert_array_equal, again.params, clf.params)
-    x, y = clf_mod.classifier_data("mnist", "test", data_dir=mnist_data_dir, limit=300)
+    x, y = clf_training.classifier_data("mnist", "test", data_dir=mnist_data_dir, limit=300)
     f1, p1 = clf.features_and_probs(x)
     f2, _ = again.features_and_probs(x, batch_size=128)  # padded last batch
     assert f1.shape == (300, 128) and p1.shape == (300, 10)
@@ -509,8 +535,8 @@ def test_corrupt_or_stale_cache_is_rebuilt_with_warning(mnist_cache, tmp_path, m
         calls.append(kind)
         return dataclasses.replace(clf, meta={**clf.meta, "cache_id": f"new-{len(calls)}"})
 
-    monkeypatch.setattr(clf_mod, "train_classifier", fake_train)
-    path = clf_mod.classifier_dir("mnist", work)
+    monkeypatch.setattr(clf_training, "train_classifier", fake_train)
+    path = clf_cache.classifier_dir("mnist", work)
     # Corrupt: truncate every array file of the orbax checkpoint.
     damaged = 0
     for f in (path / "params").rglob("*"):
@@ -518,24 +544,53 @@ def test_corrupt_or_stale_cache_is_rebuilt_with_warning(mnist_cache, tmp_path, m
             f.write_bytes(f.read_bytes()[:100])
             damaged += 1
     assert damaged
-    with pytest.warns(clf_mod.ClassifierCacheWarning, match="corrupt or stale"):
-        fresh = clf_mod.load_classifier("mnist", cache_dir=work, progress=False)
+    with pytest.warns(clf_cache.ClassifierCacheWarning, match="corrupt or stale"):
+        fresh = clf_cache.load_classifier("mnist", cache_dir=work, progress=False)
     assert calls == ["mnist"] and fresh.meta["cache_id"] == "new-1"
     # The rebuilt cache loads without retraining.
-    assert clf_mod.load_classifier("mnist", cache_dir=work, progress=False).meta["cache_id"] == (
+    assert clf_cache.load_classifier("mnist", cache_dir=work, progress=False).meta["cache_id"] == (
         "new-1"
     )
     # Stale: the code's spec changed under the same version tag.
-    monkeypatch.setitem(clf_mod.CLASSIFIER_SPECS, "mnist",
+    monkeypatch.setitem(clf_features.CLASSIFIER_SPECS, "mnist",
                         dataclasses.replace(TINY_MNIST, learning_rate=1e-3))  # fmt: skip
-    with pytest.warns(clf_mod.ClassifierCacheWarning, match="different spec"):
-        clf_mod.load_classifier("mnist", cache_dir=work, progress=False)
+    with pytest.warns(clf_cache.ClassifierCacheWarning, match="different spec"):
+        clf_cache.load_classifier("mnist", cache_dir=work, progress=False)
     assert calls == ["mnist", "mnist"]
+
+
+def test_cache_save_is_orbax_commit_then_meta_json(mnist_cache, tmp_path, monkeypatch):
+    """An interrupted save (an orbax temporary folder, nothing committed) is neither corrupt nor
+    a cache: training goes ahead without a warning. A second writer of the same classifier keeps
+    the first one's checkpoint and meta.json. No temporary file is left behind."""
+    _, clf = mnist_cache
+    path = clf_cache.classifier_dir("mnist", tmp_path)
+    step = clf.meta["train_steps"]
+    (path / "params" / f"{step}.orbax-checkpoint-tmp-1234567890").mkdir(parents=True)
+    monkeypatch.setattr(clf_cache, "_LOADED", {})
+
+    def fake_train(kind, **kwargs):
+        return dataclasses.replace(clf, meta={**clf.meta, "cache_id": "first"})
+
+    monkeypatch.setattr(clf_training, "train_classifier", fake_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = clf_cache.load_classifier("mnist", cache_dir=tmp_path, progress=False)
+    assert first.meta["cache_id"] == "first"
+    assert json.loads((path / "meta.json").read_text())["cache_id"] == "first"
+    second = dataclasses.replace(clf, meta={**clf.meta, "cache_id": "second"})
+    clf_cache._save_classifier(second, path)  # the step is committed already: kept
+    assert json.loads((path / "meta.json").read_text())["cache_id"] == "first"
+    monkeypatch.setattr(clf_cache, "_LOADED", {})
+    restored = clf_cache.load_classifier("mnist", cache_dir=tmp_path, progress=False)
+    assert restored.meta["cache_id"] == "first"
+    leftovers = [p.name for p in path.rglob("*") if "tmp" in p.name]
+    assert not leftovers, leftovers
 
 
 def test_fid_mnist_increases_with_noise(mnist_cache, mnist_data_dir):
     cache, _ = mnist_cache
-    x, y = clf_mod.classifier_data("mnist", "train", data_dir=mnist_data_dir, limit=2400)
+    x, y = clf_training.classifier_data("mnist", "train", data_dir=mnist_data_dir, limit=2400)
     x, y = x[2000:], y[2000:]  # images neither the tiny classifier nor the floor saw
     rng = np.random.default_rng(0)
     fids, results = [], []
@@ -543,7 +598,7 @@ def test_fid_mnist_increases_with_noise(mnist_cache, mnist_data_dir):
         warnings.simplefilter("ignore")  # "only 400 samples"
         for sigma in (0.0, 0.15, 0.5):
             noisy = np.clip(x + sigma * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
-            res = M.evaluate_samples(noisy, "mnist", labels=y, cache_dir=cache,
+            res = E.evaluate_samples(noisy, "mnist", labels=y, cache_dir=cache,
                                      data_dir=mnist_data_dir, progress=False)  # fmt: skip
             results.append(res)
             fids.append(res["metrics"]["fid"]["samples"])
@@ -555,20 +610,20 @@ def test_fid_mnist_increases_with_noise(mnist_cache, mnist_data_dir):
     acc = clean["metrics"]["label_accuracy"]
     assert acc["samples"] > 0.6 and acc["real"] > 0.6 and acc["noise"] < 0.5
     assert len(clean["class_histogram"]) == 10 and clean["num_samples"] == 400
-    assert (clf_mod.classifier_dir("mnist", cache) / "reference-28.npz").exists()
+    assert (clf_cache.classifier_dir("mnist", cache) / "reference-28.npz").exists()
     # 32x32 samples (the U-Net's size) are mapped back to 28x28 by the inverse of load_mnist's
     # bilinear upsampling: real images reach the classifier unchanged.
     r = np.asarray(jax.image.resize(jnp.eye(28), (32, 28), "bilinear"), np.float64)
-    np.testing.assert_allclose(clf_mod._unresize_matrix(28, 32) @ r, np.eye(28), atol=1e-5)
-    x28, _ = clf_mod.classifier_data("mnist", "test", data_dir=mnist_data_dir, limit=200)
-    x32, _ = clf_mod.classifier_data("mnist", "test", data_dir=mnist_data_dir, limit=200,
+    np.testing.assert_allclose(clf_features._unresize_matrix(28, 32) @ r, np.eye(28), atol=1e-5)
+    x28, _ = clf_training.classifier_data("mnist", "test", data_dir=mnist_data_dir, limit=200)
+    x32, _ = clf_training.classifier_data("mnist", "test", data_dir=mnist_data_dir, limit=200,
                                      image_size=32)  # fmt: skip
-    np.testing.assert_allclose(clf_mod._resize_to(jnp.asarray(x32), (28, 28)), x28, atol=2e-5)
+    np.testing.assert_allclose(clf_features._resize_to(jnp.asarray(x32), (28, 28)), x28, atol=2e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res32 = M.evaluate_samples(x32, "mnist", cache_dir=cache, data_dir=mnist_data_dir,
+        res32 = E.evaluate_samples(x32, "mnist", cache_dir=cache, data_dir=mnist_data_dir,
                                    progress=False)  # fmt: skip
-        res28 = M.evaluate_samples(x28, "mnist", cache_dir=cache, data_dir=mnist_data_dir,
+        res28 = E.evaluate_samples(x28, "mnist", cache_dir=cache, data_dir=mnist_data_dir,
                                    progress=False)  # fmt: skip
     assert res32["image_size"] == 32
     for ref in ("samples", "real"):  # the floor too, built at 32x32 (same number of images)
@@ -577,14 +632,14 @@ def test_fid_mnist_increases_with_noise(mnist_cache, mnist_data_dir):
 
 
 def test_digits_classifier_deterministic_and_evaluates(tiny_specs, tmp_path):
-    x, _ = clf_mod.classifier_data("digits", "test")
+    x, _ = clf_training.classifier_data("digits", "test")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = M.evaluate_samples(x, "digits", cache_dir=tmp_path, progress=False)
-    clf = clf_mod.load_classifier("digits", cache_dir=tmp_path, progress=False)  # the cached one
+        res = E.evaluate_samples(x, "digits", cache_dir=tmp_path, progress=False)
+    clf = clf_cache.load_classifier("digits", cache_dir=tmp_path, progress=False)  # the cached one
     assert clf.meta["test_accuracy"] > 0.8
     # Deterministic in the seed: training again gives bitwise the same parameters.
-    again = clf_mod.train_classifier("digits", progress=False)
+    again = clf_training.train_classifier("digits", progress=False)
     jax.tree.map(np.testing.assert_array_equal, again.params, clf.params)
     fid = res["metrics"]["fid"]
     # The samples are the held-out target set itself: ~0, well below the floor and the ceiling.

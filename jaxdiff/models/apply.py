@@ -11,8 +11,10 @@ graph definition, a parameter pytree and a pure ``apply`` function::
     y = apply(params, x, t, labels=None, *, dropout_key=None)
 
 This module also holds the pieces of that calling convention shared by all models:
-input validation (:func:`check_timesteps`, :func:`check_labels`), the sinusoidal
-timestep embedding and functional dropout.
+input validation (:func:`check_timesteps`, :func:`check_points`; :func:`check_labels` and
+:func:`check_images`, i.e. :func:`jaxdiff._validate.check_model_images`, live in
+:mod:`jaxdiff._validate` and are re-exported here), the sinusoidal timestep embedding and
+functional dropout.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiff._validate import check_float_input, check_labels
+from jaxdiff._validate import check_model_images as check_images
+
 __all__ = [
     "ApplyFn",
+    "check_images",
     "check_labels",
     "check_timesteps",
     "count_params",
@@ -141,69 +147,6 @@ def check_timesteps(
     return jnp.broadcast_to(t, (batch,))
 
 
-def check_labels(labels: jax.Array | None, batch: int, num_classes: int | None) -> jax.Array | None:
-    """Validate class labels and resolve the null label.
-
-    Args:
-      labels: ``None``, a scalar or a ``(batch,)`` integer array.
-      batch: the batch size B of the model input.
-      num_classes: ``None`` for an unconditional model; otherwise labels lie in
-        ``[0, num_classes]``, where ``num_classes`` itself is the null ("no class")
-        label used for classifier-free guidance. Values are checked when concrete;
-        under ``jit`` they cannot be checked, and the models' :func:`embed_lookup`
-        turns an out-of-range label into NaN outputs instead.
-
-    Returns:
-      ``None`` for an unconditional model; otherwise int32 labels of shape
-      ``(batch,)``, with ``labels=None`` mapped to the null label for the whole batch.
-    """
-    if num_classes is None:
-        if labels is not None:
-            raise ValueError(
-                "labels were passed to an unconditional model (num_classes=None). Build the "
-                "model with num_classes=K to condition on K classes, or call it with labels=None."
-            )
-        return None
-    if labels is None:
-        return jnp.full((batch,), num_classes, dtype=jnp.int32)
-    labels = jnp.asarray(labels)
-    if labels.shape not in ((), (batch,)):
-        raise ValueError(
-            f"labels must be a scalar or have shape (B,) = ({batch},) matching the batch of x; "
-            f"got shape {labels.shape}. Pass one integer class per example."
-        )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(
-            f"labels must be integer class indices; got dtype {labels.dtype}. "
-            f"Pass labels.astype(jnp.int32)."
-        )
-    values = _concrete(labels)
-    if values is not None and values.size and (values.min() < 0 or values.max() > num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}] (classes 0..{num_classes - 1}, and "
-            f"{num_classes} = the null label for classifier-free guidance); got values in "
-            f"[{values.min()}, {values.max()}]. Check the label encoding or num_classes."
-        )
-    return jnp.broadcast_to(labels.astype(jnp.int32), (batch,))
-
-
-def check_images(x: jax.Array, channels: int, model: str) -> None:
-    """Raise unless ``x`` is a floating NHWC batch ``(B, H, W, channels)``."""
-    if x.ndim != 4:
-        raise ValueError(
-            f"{model} expects a batch of NHWC images (B, H, W, C={channels}); got shape "
-            f"{x.shape}. Add a batch axis for one image (x[None]) and put channels last "
-            f"(x.transpose(0, 2, 3, 1) for NCHW)."
-        )
-    if x.shape[-1] != channels:
-        raise ValueError(
-            f"{model} was built with channels={channels} but x has {x.shape[-1]} channels "
-            f"(shape {x.shape}, NHWC). Build the model with channels={x.shape[-1]} or pass "
-            f"channels-last images."
-        )
-    _check_float(x)
-
-
 def check_points(x: jax.Array, dim: int, model: str) -> None:
     """Raise unless ``x`` is a floating batch of points ``(B, dim)``."""
     if x.ndim != 2 or x.shape[-1] != dim:
@@ -212,15 +155,7 @@ def check_points(x: jax.Array, dim: int, model: str) -> None:
             f"shape {x.shape}. Add a batch axis for one point (x[None]) or build the model "
             f"with dim={x.shape[-1] if x.ndim else 1}."
         )
-    _check_float(x)
-
-
-def _check_float(x: jax.Array) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"x must be a floating-point array; got dtype {x.dtype}. Convert it, e.g. "
-            f"x.astype(jnp.float32) (and scale images to the model's data range)."
-        )
+    check_float_input(x)
 
 
 def embed_lookup(embed: nnx.Embed, index: jax.Array) -> jax.Array:
