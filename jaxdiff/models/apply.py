@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiff._validate import check_float_input, check_labels
+from jaxdiff._validate import check_float_input, check_labels, concrete_value
 from jaxdiff._validate import check_model_images as check_images
 
 __all__ = [
@@ -98,14 +98,6 @@ def count_params(tree: Any) -> int:
     )
 
 
-def _concrete(value: Any) -> np.ndarray | None:
-    """``value`` as a NumPy array, or ``None`` when it is abstract (traced under jit)."""
-    try:
-        return np.asarray(value)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
 def check_timesteps(
     t: jax.Array | int,
     batch: int,
@@ -137,7 +129,7 @@ def check_timesteps(
             f"table); got dtype {t.dtype}. Pass t.astype(jnp.int32)."
         )
     if num_steps is not None:
-        values = _concrete(t)
+        values = concrete_value(t)
         if values is not None and values.size and (values.min() < 0 or values.max() >= num_steps):
             raise ValueError(
                 f"t must lie in [0, num_steps) = [0, {num_steps}); got values in "
