@@ -22,7 +22,7 @@ import pytest
 import jaxdiff.samplers as samplers
 import jaxdiff.samplers.scan as sampler_scan
 from experiments import mnist
-from jaxdiff.models.unet import nearest_resize
+from jaxdiff.models.unet_blocks import nearest_resize
 from jaxdiff.train import init_train_state, make_data_multi_step, make_optimizer, make_train_step
 
 PLATFORMS = ("cuda", "tpu")
