@@ -188,3 +188,33 @@ def test_lr_schedule_flag_reaches_the_optimiser():
     assert float(lr(9)) == pytest.approx(2e-3)  # end of warm-up: the peak
     assert float(lr(105)) == pytest.approx(1e-3, rel=1e-2)  # half-way through the decay
     assert float(lr(199)) < 1e-6
+
+
+def test_cnn_with_a_constant_schedule_is_the_small_cnn_tutorials_recipe():
+    config, _ = mnist.resolve(
+        mnist.MnistConfig(model="cnn", schedule="constant", alpha=0.99), backend="cpu"
+    )
+    spec = mnist.model_spec(config)
+    assert (spec.model, spec.schedule, dict(spec.schedule_kwargs)) == (
+        "small_cnn",
+        "constant",
+        {"a": 0.99},
+    )
+    _apply, params, schedule, _train = mnist.build(config, abstract=True)
+    assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 46_465
+    # alphas_cumprod[t] = a**(t + 1), here at t = T - 1 (float32 of a float64 product)
+    np.testing.assert_allclose(float(schedule.alphas_cumprod[-1]), 0.99**1000, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"schedule": "constant"}, "--schedule constant needs --alpha A"),
+        ({"alpha": 0.99}, "--alpha needs --schedule constant"),
+        ({"schedule": "constant", "alpha": 1.5}, r"--alpha must lie in \(0, 1\), got 1.5"),
+        ({"model": "cnn", "class_conditional": True}, "--model cnn is unconditional"),
+    ],
+)
+def test_cnn_and_constant_schedule_refuse_what_they_cannot_do(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mnist.MnistConfig(**kwargs)

@@ -28,6 +28,7 @@ MODELS = {
     "compact": "unet_compact",
     "small": "unet_mnist_small",
     "full": "unet_mnist",
+    "cnn": "small_cnn",
 }
 
 
@@ -101,8 +102,10 @@ class MnistConfig(DistributedRunFlags):
     preset: Literal["auto", "cpu", "gpu"] = field("auto", "defaults sized for this backend")
     train_steps: int | None = field(None, "total training steps")
     batch_size: int | None = field(None, "global batch size")
-    model: Literal["tiny", "compact", "small", "full"] | None = field(
-        None, "U-Net: tiny (tests), compact (0.28M params), small (1.1M) or full (6.5M)"
+    model: Literal["tiny", "compact", "small", "full", "cnn"] | None = field(
+        None,
+        "U-Net: tiny (tests), compact (0.28M params), small (1.1M) or full (6.5M); or cnn, the "
+        "tutorials' three-conv CNN (46k, unconditional)",
     )
     learning_rate: float | None = field(None, "peak Adam learning rate")
     warmup_steps: int | None = field(None, "linear learning-rate warm-up steps")
@@ -116,8 +119,13 @@ class MnistConfig(DistributedRunFlags):
     snr_gamma: float = field(5.0, "gamma of --loss-weighting min_snr (Hang et al. 2023)")
     image_size: int = field(28, "train on 28x28 or 32x32 (bilinear resize) images")
     num_timesteps: int = field(1000, "diffusion steps T")
-    schedule: Literal["linear", "cosine", "quadratic", "sigmoid"] | None = field(
-        None, "beta schedule"
+    schedule: Literal["linear", "cosine", "quadratic", "sigmoid", "constant"] | None = field(
+        None, "beta schedule; constant: alpha_t = --alpha at every step"
+    )
+    alpha: float | None = field(
+        None,
+        "the per-step alpha a of --schedule constant (alphas_cumprod[t] = a**(t+1))",
+        default_text="required with --schedule constant",
     )
     prediction: Literal["eps", "x0", "v"] = field("eps", "what the network predicts")
     class_conditional: bool = field(False, "condition on the digit (label dropout for CFG)")
@@ -187,6 +195,18 @@ class MnistConfig(DistributedRunFlags):
                 "mixes conditional and unconditional predictions); add --class-conditional or "
                 "drop --guidance-scale"
             )
+        if (self.schedule == "constant") != (self.alpha is not None):
+            raise ValueError(
+                "--schedule constant needs --alpha A (the per-step alpha, in (0, 1), e.g. 0.99) "
+                "and --alpha needs --schedule constant"
+            )
+        if self.alpha is not None and not 0 < self.alpha < 1:
+            raise ValueError(f"--alpha must lie in (0, 1), got {self.alpha}")
+        if self.model == "cnn" and (self.class_conditional or self.dtype == "bfloat16"):
+            raise ValueError(
+                "--model cnn is unconditional and float32: drop --class-conditional and "
+                "--dtype bfloat16, or pick a U-Net --model"
+            )
         super().__post_init__()  # --resume and --overwrite
 
 
@@ -246,6 +266,7 @@ def model_spec(config: MnistConfig) -> ModelSpec:
         seed=config.seed,
         schedule=config.schedule,
         num_timesteps=config.num_timesteps,
+        schedule_kwargs={"a": config.alpha} if config.schedule == "constant" else {},
         train=train,
     )
 

@@ -1,4 +1,4 @@
-"""``python -m experiments.mnist``: train a U-Net on MNIST, sample it, measure it, report."""
+"""``python -m experiments.mnist``: train a denoiser on MNIST, sample it, measure it, report."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main(config: MnistConfig) -> dict:
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
     log(
         f"jaxdiff MNIST: preset '{config.preset}' on {jax.default_backend()} "
-        f"({trainer.num_devices} device(s)); {config.model} U-Net with {count_params(params):,} "
+        f"({trainer.num_devices} device(s)); {config.model} model with {count_params(params):,} "
         f"parameters ({config.dtype}); {config.train_steps} steps of batch {config.batch_size}; "
         f"{duration_estimate(config, preset, trainer, state)}; out: {out}"
     )

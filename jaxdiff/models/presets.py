@@ -1,7 +1,8 @@
-"""Named U-Nets: the denoisers the experiments train, built by name.
+"""Named models: the denoisers the experiments train, built by name.
 
-Each preset is a :class:`UNetPreset`, a frozen description of one architecture that builds its
-:class:`~jaxdiff.models.unet.UNet` when called::
+Each preset is a frozen description of one architecture that builds the model when called: a
+:class:`UNetPreset` (a :class:`~jaxdiff.models.unet.UNet`) or the tutorials' small CNN
+(:class:`CNNPreset`)::
 
     model = unet_mnist(rngs=nnx.Rngs(0))                      # 28x28, 1 channel, unconditional
     model = unet_mnist(1, 32, num_classes=10, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
@@ -22,13 +23,16 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models.cnn import SmallCNN
 from jaxdiff.models.unet import UNet, unet_level_sizes
 
 __all__ = [
     "PRESETS",
+    "CNNPreset",
     "UNetPreset",
     "improved_denoiser_8x8",
     "make_model",
+    "small_cnn",
     "unet_compact",
     "unet_mnist",
     "unet_mnist_small",
@@ -105,6 +109,42 @@ class UNetPreset:
         )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CNNPreset:
+    """The tutorials' small CNN (:class:`~jaxdiff.models.cnn.SmallCNN`) under a preset's name.
+
+    It is unconditional, computes in float32 and works at any image size; calling it with
+    ``num_classes`` or a ``dtype`` raises instead of ignoring them.
+    """
+
+    name: str
+    description: str
+    image_size: int
+    hidden: int
+    activation: str = "silu"
+
+    def __call__(
+        self,
+        channels: int = 1,
+        image_size: int | Sequence[int] | None = None,
+        num_classes: int | None = None,
+        *,
+        dtype: jnp.dtype | None = None,
+        fast_conv_grad: bool = True,
+        rngs: nnx.Rngs,
+    ) -> SmallCNN:
+        """The CNN for images ``(B, H, W, channels)`` of any size (``fast_conv_grad`` unused)."""
+        del image_size, fast_conv_grad
+        if num_classes is not None:
+            raise ValueError(
+                f"{self.name} is unconditional: it takes no num_classes (got {num_classes}); "
+                "use a U-Net preset for a class-conditional model"
+            )
+        if dtype is not None and jnp.dtype(dtype) != jnp.float32:
+            raise ValueError(f"{self.name} computes in float32 only, got dtype={dtype}")
+        return SmallCNN(channels, self.hidden, activation=self.activation, rngs=rngs)
+
+
 # fmt: off
 unet_tiny = UNetPreset(
     name="unet_tiny", image_size=28, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
@@ -147,10 +187,15 @@ unet_tiny_8x8 = UNetPreset(
     norm_groups=4, lowest_attention=False, mid_attention=False, downsample=False,
     description="one level of 8 channels at 8x8 (10,289 parameters): for tests",
 )
+small_cnn = CNNPreset(
+    name="small_cnn", image_size=28, hidden=64,
+    description="the tutorials' three-conv CNN, 64 channels, sinusoidal time embedding "
+    "(46,465 parameters)",
+)
 # fmt: on
 
 #: Every preset by name.
-PRESETS: dict[str, UNetPreset] = {
+PRESETS: dict[str, UNetPreset | CNNPreset] = {
     p.name: p
     for p in (
         unet_tiny,
@@ -160,6 +205,7 @@ PRESETS: dict[str, UNetPreset] = {
         improved_denoiser_8x8,
         unet_small_8x8,
         unet_tiny_8x8,
+        small_cnn,
     )
 }
 
@@ -170,7 +216,7 @@ def make_model(
     image_size: int | Sequence[int] | None = None,
     num_classes: int | None = None,
     **kwargs,
-) -> UNet:
+) -> nnx.Module:
     """Build the preset ``name`` (a key of :data:`PRESETS`); ``kwargs`` as in
     :meth:`UNetPreset.__call__` (``rngs`` is required).
 
