@@ -89,6 +89,7 @@ from jaxdiff.checkpoint.errors import (
     CheckpointCorruptionWarning,
     CheckpointSaveError,
     CorruptCheckpointError,
+    UnverifiedCheckpointWarning,
 )
 from jaxdiff.checkpoint.integrity import tree_fingerprints
 from jaxdiff.checkpoint.manager import Checkpointer, probe_writable
@@ -99,6 +100,7 @@ __all__ = [
     "CheckpointSaveError",
     "Checkpointer",
     "CorruptCheckpointError",
+    "UnverifiedCheckpointWarning",
     "abstract_state",
     "probe_writable",
     "tree_fingerprints",

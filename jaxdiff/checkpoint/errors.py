@@ -9,6 +9,7 @@ __all__ = [
     "CheckpointSaveError",
     "CorruptCheckpointError",
     "StepCorrupt",
+    "UnverifiedCheckpointWarning",
     "save_error",
     "short",
 ]
@@ -18,6 +19,10 @@ _MAX_REASON_CHARS = 300
 
 class CheckpointCorruptionWarning(UserWarning):
     """A checkpoint step was found corrupt or incomplete and was skipped."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A step was restored without the fingerprint check (fingerprints of an earlier format)."""
 
 
 class CorruptCheckpointError(RuntimeError):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.checkpoint.errors import StepCorrupt
+from jaxdiff.checkpoint.errors import StepCorrupt, UnverifiedCheckpointWarning
 from jaxdiff.checkpoint.trees import is_prng_key, leaves_by_name
 
 __all__ = [
@@ -186,8 +186,8 @@ def verify(state: Any, checksums: Any, where: str) -> None:
             or the item is not a JSON object of a known format.
 
     Warns:
-        UserWarning: the fingerprints are of an earlier jaxdiff format; the step is accepted on
-            the strength of orbax's reads alone.
+        UnverifiedCheckpointWarning: the fingerprints are of an earlier jaxdiff format; the
+            step is accepted on the strength of orbax's reads alone.
     """
     fmt = checksums.get("format") if isinstance(checksums, dict) else None
     if fmt in _LEGACY_FORMATS:
@@ -195,7 +195,7 @@ def verify(state: Any, checksums: Any, where: str) -> None:
             f"{where} records its fingerprints in the format {fmt} of an earlier jaxdiff "
             f"version, which this version does not check: it was restored unverified (orbax "
             f"read every array without an error). Save it again to record {FORMAT} fingerprints",
-            UserWarning,
+            UnverifiedCheckpointWarning,
             stacklevel=4,
         )
         return
