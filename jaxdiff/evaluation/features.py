@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +107,33 @@ CLASSIFIER_SPECS: dict[str, ClassifierSpec] = {
 }  # fmt: skip
 
 
-class MnistFeatureNet(nnx.Module):
+class _FeatureNet(nnx.Module):
+    """Two ReLU convolutions, a dense feature layer and a linear head, sized by the subclass:
+    ``conv1`` ``(kernel, stride, channels)``, ``conv2`` 3x3/2 with ``channels2`` and ``side``,
+    the spatial side after it. Inputs in ``[0, 1]`` are mapped to ``[-1, 1]`` first."""
+
+    conv1_shape: ClassVar[tuple[int, int, int]]
+    channels2: ClassVar[int]
+    side: ClassVar[int]
+
+    def __init__(self, *, feature_dim: int, num_classes: int = 10, rngs: nnx.Rngs):
+        kernel, stride, channels1 = self.conv1_shape
+        self.conv1 = nnx.Conv(1, channels1, (kernel, kernel), strides=stride, rngs=rngs)
+        self.conv2 = nnx.Conv(channels1, self.channels2, (3, 3), strides=2, rngs=rngs)
+        self.dense = nnx.Linear(self.side * self.side * self.channels2, feature_dim, rngs=rngs)
+        self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Penultimate-layer features ``(B, feature_dim)`` of images ``(B, H, W, 1)``."""
+        x = nnx.relu(self.conv1(x * 2.0 - 1.0))
+        x = nnx.relu(self.conv2(x))
+        return nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.features(x))
+
+
+class MnistFeatureNet(_FeatureNet):
     """MNIST classifier: ``(B, 28, 28, 1)`` in ``[0, 1]`` -> logits ``(B, 10)``.
 
     conv 5x5/2 (32) -> ReLU -> conv 3x3/2 (64) -> ReLU -> flatten (7*7*64) -> dense
@@ -115,43 +141,21 @@ class MnistFeatureNet(nnx.Module):
     keep training to about a minute per epoch on a 2-core CPU.
     """
 
-    def __init__(self, *, feature_dim: int = 128, num_classes: int = 10, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 32, (5, 5), strides=2, rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (3, 3), strides=2, rngs=rngs)
-        self.dense = nnx.Linear(7 * 7 * 64, feature_dim, rngs=rngs)
-        self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
-
-    def features(self, x: jax.Array) -> jax.Array:
-        """Penultimate-layer features ``(B, feature_dim)`` of images ``(B, 28, 28, 1)``."""
-        x = nnx.relu(self.conv1(x * 2.0 - 1.0))
-        x = nnx.relu(self.conv2(x))
-        return nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.features(x))
+    conv1_shape = (5, 2, 32)
+    channels2 = 64
+    side = 7
 
 
-class DigitsFeatureNet(nnx.Module):
+class DigitsFeatureNet(_FeatureNet):
     """8x8 digits classifier: ``(B, 8, 8, 1)`` in ``[0, 1]`` -> logits ``(B, 10)``.
 
     conv 3x3 (16) -> ReLU -> conv 3x3/2 (32) -> ReLU -> flatten (4*4*32) -> dense
     ``feature_dim`` -> ReLU (the features) -> dense 10.
     """
 
-    def __init__(self, *, feature_dim: int = 64, num_classes: int = 10, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
-        self.conv2 = nnx.Conv(16, 32, (3, 3), strides=2, rngs=rngs)
-        self.dense = nnx.Linear(4 * 4 * 32, feature_dim, rngs=rngs)
-        self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
-
-    def features(self, x: jax.Array) -> jax.Array:
-        """Penultimate-layer features ``(B, feature_dim)`` of images ``(B, 8, 8, 1)``."""
-        x = nnx.relu(self.conv1(x * 2.0 - 1.0))
-        x = nnx.relu(self.conv2(x))
-        return nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.features(x))
+    conv1_shape = (3, 1, 16)
+    channels2 = 32
+    side = 4
 
 
 _NETWORKS: dict[str, Callable[..., nnx.Module]] = {
