@@ -109,6 +109,7 @@ class ModelSpec:
                 self.image_size,
                 self.num_classes,
                 dtype=_DTYPES[self.dtype],
+                num_steps=self.num_timesteps,
                 rngs=nnx.Rngs(key),
             )
 

@@ -201,7 +201,7 @@ def test_cnn_with_a_constant_schedule_is_the_small_cnn_tutorials_recipe():
         {"a": 0.99},
     )
     _apply, params, schedule, _train = mnist.build(config, abstract=True)
-    assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 46_465
+    assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 42_433
     # alphas_cumprod[t] = a**(t + 1), here at t = T - 1 (float32 of a float64 product)
     np.testing.assert_allclose(float(schedule.alphas_cumprod[-1]), 0.99**1000, rtol=1e-5)
 

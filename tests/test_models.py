@@ -184,7 +184,7 @@ PRESET_SHAPES = {name: (B, p.image_size, p.image_size, 1) for name, p in models.
 @pytest.mark.parametrize("name", sorted(models.PRESETS))
 def test_presets_parameter_counts_and_shapes(name, record_property):
     preset = models.PRESETS[name]
-    model = abstract(lambda r: preset(rngs=r))
+    model = abstract(lambda r: preset(num_steps=1000, rngs=r))
     n = count_params(model)
     record_property("num_params", n)  # reported in the JUnit XML (pytest --junitxml)
     assert f"({n:,} parameters" in preset.description, f"{name}: description count is stale"
@@ -200,6 +200,10 @@ def test_conditional_preset_adds_the_label_embedding():
     assert built.num_classes == 10
     with pytest.raises(ValueError, match="unknown model preset 'unet_huge'; choose one of"):
         models.make_model("unet_huge", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="small_cnn feeds the network t / T: pass num_steps=T"):
+        models.make_model("small_cnn", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="small_cnn is unconditional"):
+        models.make_model("small_cnn", num_classes=10, num_steps=10, rngs=nnx.Rngs(0))
 
 
 def test_improved_denoiser_8x8_architecture():

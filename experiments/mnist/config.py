@@ -105,7 +105,7 @@ class MnistConfig(DistributedRunFlags):
     model: Literal["tiny", "compact", "small", "full", "cnn"] | None = field(
         None,
         "U-Net: tiny (tests), compact (0.28M params), small (1.1M) or full (6.5M); or cnn, the "
-        "tutorials' three-conv CNN (46k, unconditional)",
+        "tutorials' three-conv CNN (42k, unconditional, time feature t/T)",
     )
     learning_rate: float | None = field(None, "peak Adam learning rate")
     warmup_steps: int | None = field(None, "linear learning-rate warm-up steps")

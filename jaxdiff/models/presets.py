@@ -79,13 +79,16 @@ class UNetPreset:
         dropout: float | None = None,
         dtype: jnp.dtype | None = None,
         fast_conv_grad: bool = True,
+        num_steps: int | None = None,
         rngs: nnx.Rngs,
     ) -> UNet:
         """The U-Net for images ``(B, H, W, channels)``; ``image_size`` defaults to the preset's.
 
         ``dropout`` overrides the preset's rate; ``dtype`` is the compute dtype (parameters stay
-        float32); ``fast_conv_grad`` as in :class:`UNet`.
+        float32); ``fast_conv_grad`` as in :class:`UNet`. ``num_steps`` (the schedule's T) is
+        unused: the U-Net embeds any timestep sinusoidally.
         """
+        del num_steps
         size = self.image_size if image_size is None else image_size
         num_levels = len(self.channel_mults)
         attention: tuple[int, ...] = ()
@@ -122,6 +125,7 @@ class CNNPreset:
     image_size: int
     hidden: int
     activation: str = "silu"
+    scalar_time: bool = True  # the tutorial's time feature t / T (else sinusoidal)
 
     def __call__(
         self,
@@ -131,10 +135,16 @@ class CNNPreset:
         *,
         dtype: jnp.dtype | None = None,
         fast_conv_grad: bool = True,
+        num_steps: int | None = None,
         rngs: nnx.Rngs,
     ) -> SmallCNN:
-        """The CNN for images ``(B, H, W, channels)`` of any size (``fast_conv_grad`` unused)."""
+        """The CNN for images ``(B, H, W, channels)`` of any size (``fast_conv_grad`` unused);
+        ``num_steps`` is the schedule's T, which the scalar time feature ``t / T`` needs."""
         del image_size, fast_conv_grad
+        if self.scalar_time and num_steps is None:
+            raise ValueError(
+                f"{self.name} feeds the network t / T: pass num_steps=T (the schedule's steps)"
+            )
         if num_classes is not None:
             raise ValueError(
                 f"{self.name} is unconditional: it takes no num_classes (got {num_classes}); "
@@ -142,7 +152,8 @@ class CNNPreset:
             )
         if dtype is not None and jnp.dtype(dtype) != jnp.float32:
             raise ValueError(f"{self.name} computes in float32 only, got dtype={dtype}")
-        return SmallCNN(channels, self.hidden, activation=self.activation, rngs=rngs)
+        steps = num_steps if self.scalar_time else None
+        return SmallCNN(channels, self.hidden, steps, activation=self.activation, rngs=rngs)
 
 
 # fmt: off
@@ -189,8 +200,8 @@ unet_tiny_8x8 = UNetPreset(
 )
 small_cnn = CNNPreset(
     name="small_cnn", image_size=28, hidden=64,
-    description="the tutorials' three-conv CNN, 64 channels, sinusoidal time embedding "
-    "(46,465 parameters)",
+    description="the tutorials' three-conv CNN, 64 channels, time feature t / T "
+    "(42,433 parameters)",
 )
 # fmt: on
 
