@@ -10,11 +10,13 @@ a mismatched configuration, and save errors that name the directory and the step
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -31,6 +33,19 @@ from jaxdiff.checkpoint.paths import as_step, normalize_directory, probe_writabl
 from jaxdiff.checkpoint.trees import abstract_state
 
 __all__ = ["Checkpointer"]
+
+
+@contextlib.contextmanager
+def _quiet_read_only_log(read_only: bool) -> Iterator[None]:
+    """Hide absl's WARNING that a manager opened read-only is read-only (``read_only`` only)."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if read_only:
+        absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _save_decision_policy(save_every: int | None) -> ocp.checkpoint_managers.AnySavePolicy:
@@ -109,13 +124,16 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
+            # orbax warns when a read-only manager keeps its default interval of 1
+            save_interval_steps=0 if read_only else 1,
         )
         try:
-            self._mngr = ocp.CheckpointManager(
-                self.directory,
-                item_handlers=steps.item_handlers(),
-                options=options,
-            )
+            with _quiet_read_only_log(read_only):  # "Given directory is read only": we asked
+                self._mngr = ocp.CheckpointManager(
+                    self.directory,
+                    item_handlers=steps.item_handlers(),
+                    options=options,
+                )
         except OSError as e:
             raise OSError(e.errno, f"cannot open checkpoint directory {self.directory}: {e}") from e
         self._closed = False
