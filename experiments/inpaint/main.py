@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments._common import log, open_run_dir
 from experiments.inpaint import report
 from experiments.inpaint.config import InpaintConfig, make_masks, model_evaluations
 from jaxdiff import data as jdata
 from jaxdiff.models import count_params
-from jaxdiff.outputs import prepare_run_dir, write_json
+from jaxdiff.outputs import write_json
 from jaxdiff.runs import load_run
 from jaxdiff.samplers import sample
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] -> float32 [0, 1], clipped (samples.npy's convention)."""
-    return np.clip(np.asarray(jdata.to_unit_interval(x), np.float32), 0.0, 1.0)
 
 
 def main(config: InpaintConfig) -> dict:
@@ -48,16 +39,13 @@ def main(config: InpaintConfig) -> dict:
         "test", dataset=run.config.get("dataset", "mnist"), data_dir=config.data_dir,
         image_size=size, limit=config.num_images, return_source=True,
     )  # fmt: skip
-    _log(f"data: {data_source}")
-    out = prepare_run_dir(
-        config.out, dataclasses.asdict(config), resume=config.resume,
-        overwrite=config.overwrite, may_differ=("resume", "overwrite"),
-    )  # fmt: skip
+    log(f"data: {data_source}")
+    out = open_run_dir(config, dataclasses.asdict(config), ("resume", "overwrite"))
     guidance = run.config.get("guidance_scale", 0.0) if run.num_classes else 0.0
     # Classifier-free guidance evaluates the conditional and the null label in one call of 2B.
     evals = model_evaluations(steps, config.resample_jumps, config.jump_length)
     evals *= 2 if guidance else 1
-    _log(
+    log(
         f"jaxdiff inpaint: {model} U-Net from {config.checkpoint} (step {run.step}); "
         f"{len(config.masks)} masks x {len(images)} test images; {config.sampler}, {steps} steps, "
         f"{config.resample_jumps} resampling jumps of {config.jump_length} "
@@ -81,7 +69,8 @@ def main(config: InpaintConfig) -> dict:
     )  # fmt: skip
     raw = np.asarray(jax.device_get(result.samples))
     sample_seconds = time.perf_counter() - t0
-    arrays = dict(raw=raw, known=known, masks=masks, samples=_unit(raw), originals=_unit(known))
+    unit = jdata.unit_images
+    arrays = dict(raw=raw, known=known, masks=masks, samples=unit(raw), originals=unit(known))
     np.save(out / "samples.npy", arrays["samples"])
     np.save(out / "masks.npy", masks)
 
@@ -91,7 +80,7 @@ def main(config: InpaintConfig) -> dict:
         for v in per_mask.values()
     )
     if not exact_ok:
-        _log("WARNING: some known pixels differ from the input; see metrics.json")
+        log("WARNING: some known pixels differ from the input; see metrics.json")
     report.inpaint_figure(
         out, config, arrays, f"{model} U-Net (step {run.step}), {config.sampler} {steps} steps, "
         f"{config.resample_jumps} resampling jumps",
@@ -111,5 +100,5 @@ def main(config: InpaintConfig) -> dict:
     }  # fmt: skip
     write_json(out / "metrics.json", metrics)
     report.write_run_report(out, config, metrics)
-    _log(f"done in {metrics['total_seconds']:.0f} s; see {out / 'report.md'}")
+    log(f"done in {metrics['total_seconds']:.0f} s; see {out / 'report.md'}")
     return metrics

@@ -20,9 +20,7 @@ SAMPLE_CHUNK = 250  # samples per compiled sampling call (bounds memory)
 GRID = 64  # samples in each progress grid
 
 
-def to_images(x) -> np.ndarray:
-    """Sampler output in [-1, 1] -> float32 [0, 1] (clipped), as samples.npy stores it."""
-    return np.clip(np.asarray(jdata.to_unit_interval(jax.device_get(x)), np.float32), 0.0, 1.0)
+to_images = jdata.unit_images  # sampler output -> float32 [0, 1], as samples.npy stores it
 
 
 def _options(config, num_classes: int | None) -> dict:

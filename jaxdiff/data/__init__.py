@@ -29,7 +29,7 @@ from jaxdiff.data.batching import (
     take_batch_cached,
 )
 from jaxdiff.data.download import DataNotFoundError, DownloadError
-from jaxdiff.data.images import check_images, from_unit_interval, to_unit_interval
+from jaxdiff.data.images import check_images, from_unit_interval, to_unit_interval, unit_images
 from jaxdiff.data.mnist import IDX_DATASETS, load_mnist
 from jaxdiff.data.toy import (
     DEFAULT_MIXTURE,
@@ -64,4 +64,5 @@ __all__ = [
     "take_batch",
     "take_batch_cached",
     "to_unit_interval",
+    "unit_images",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "from_unit_interval",
     "resize_bilinear",
     "to_unit_interval",
+    "unit_images",
 ]
 
 
@@ -30,6 +31,12 @@ def to_unit_interval(x):
     (clip the result yourself if the input may leave ``[-1, 1]``, e.g. raw sampler output).
     """
     return (x + 1.0) * 0.5
+
+
+def unit_images(x) -> np.ndarray:
+    """Sampler output ``[-1, 1]`` -> float32 NumPy in ``[0, 1]``, clipped: what the experiments
+    save as ``samples.npy`` and draw (same shape as ``x``; fetched from the device)."""
+    return np.clip(np.asarray(to_unit_interval(jax.device_get(x)), np.float32), 0.0, 1.0)
 
 
 def from_unit_interval(x):
