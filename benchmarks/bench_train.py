@@ -12,6 +12,7 @@ Run (from the repository root)::
     python benchmarks/bench_train.py --data device    # batches drawn on the device
     python benchmarks/bench_train.py --model unet16 --batch 32 --conv-grad matmul xla
     python benchmarks/bench_train.py --model unet16 --batch 32 --upsample repeat image_resize
+    python benchmarks/bench_train.py --model unet16 --batch 32 --layers jaxdiff flax
 
 ``--k`` and ``--unroll`` take several values and time every combination (``--unroll true``
 unrolls the scan fully; ``auto`` uses :func:`jaxdiff.train.default_scan_options`).
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import itertools
 import statistics
 import sys
 import time
@@ -78,17 +81,34 @@ def _unroll(text: str):
 def upsampling(kind: str):
     """The U-Net's upsampling while tracing: ``repeat`` (jaxdiff's ``nearest_resize``, no
     scatter in its gradient) or ``image_resize`` (``jax.image.resize``, used before)."""
-    from jaxdiff.models import unet
+    from jaxdiff.models import unet_blocks
 
-    original = unet.nearest_resize
+    original = unet_blocks.nearest_resize
     if kind == "image_resize":
-        unet.nearest_resize = lambda x, size: jax.image.resize(
+        unet_blocks.nearest_resize = lambda x, size: jax.image.resize(
             x, (x.shape[0], *size, x.shape[-1]), method="nearest"
         )
     try:
         yield
     finally:
-        unet.nearest_resize = original
+        unet_blocks.nearest_resize = original
+
+
+@contextlib.contextmanager
+def layers(kind: str):
+    """The U-Net's GroupNorm and conv layers while building: ``jaxdiff`` (``models.norm``
+    and ``models.conv.Conv``: gradient sums as matrix products) or ``flax`` (``nnx.GroupNorm``
+    and ``nnx.Conv`` with the matmul kernel gradient, used before; the same parameters)."""
+    from jaxdiff.models import conv, unet, unet_blocks
+
+    original = unet.GroupNorm, unet_blocks.GroupNorm, conv.Conv
+    if kind == "flax":
+        unet.GroupNorm = unet_blocks.GroupNorm = lambda *a, fast_grad, **kw: nnx.GroupNorm(*a, **kw)
+        conv.Conv = functools.partial(nnx.Conv, conv_general_dilated=conv.conv_general_dilated)
+    try:
+        yield
+    finally:
+        unet.GroupNorm, unet_blocks.GroupNorm, conv.Conv = original
 
 
 def prepare(model_name, batch, k, unroll, data_mode, conv_grad):
@@ -131,20 +151,21 @@ def prepare(model_name, batch, k, unroll, data_mode, conv_grad):
 
 
 def bench(
-    model_name, batch, k, unroll, steps, repeats, data_mode, conv_grads, upsamples=("repeat",)
-):
-    """Time each (conv gradient, upsampling) variant, alternating between them repeat by repeat."""
+    model_name, batch, k, unroll, steps, repeats, data_mode, conv_grads, upsamples=("repeat",),
+    layer_kinds=("jaxdiff",),
+):  # fmt: skip
+    """Time each (conv gradient, upsampling, layers) variant, alternating between them
+    repeat by repeat."""
     runs = {}
-    for conv_grad in conv_grads:
-        for upsample in upsamples:
-            with upsampling(upsample):
-                call, state, k_, unroll_, compile_s = prepare(
-                    model_name, batch, k, unroll, data_mode, conv_grad
-                )
-            runs[conv_grad, upsample] = dict(
-                call=call, state=state, k=k_, unroll=unroll_, compile_s=compile_s, per_step=[],
-                metrics=None,
-            )  # fmt: skip
+    for conv_grad, upsample, kind in itertools.product(conv_grads, upsamples, layer_kinds):
+        with upsampling(upsample), layers(kind):
+            call, state, k_, unroll_, compile_s = prepare(
+                model_name, batch, k, unroll, data_mode, conv_grad
+            )
+        runs[conv_grad, upsample, kind] = dict(
+            call=call, state=state, k=k_, unroll=unroll_, compile_s=compile_s, per_step=[],
+            metrics=None,
+        )  # fmt: skip
     for _ in range(repeats):
         for r in runs.values():
             calls = max(1, steps // r["k"])
@@ -153,12 +174,13 @@ def bench(
                 r["state"], r["metrics"] = r["call"](r["state"])
             jax.block_until_ready(r["metrics"])
             r["per_step"].append((time.perf_counter() - start) / (calls * r["k"]))
-    for (conv_grad, upsample), r in runs.items():
+    for (conv_grad, upsample, kind), r in runs.items():
         median = statistics.median(r["per_step"])
         loss = float(np.ravel(np.asarray(r["metrics"]["loss"]))[-1])
         print(
             f"{model_name:17s} batch={batch:4d} K={r['k']:3d} unroll={r['unroll']!s:5s} "
             f"data={data_mode:6s} conv-grad={conv_grad:6s} upsample={upsample:12s} "
+            f"layers={kind:7s} "
             f"compile+first={r['compile_s']:7.2f}s  step={median * 1e3:8.1f} ms  "
             f"{batch / median:9.1f} examples/s  (min {min(r['per_step']) * 1e3:.1f} ms, "
             f"{repeats}x{max(1, steps // r['k']) * r['k']} steps, loss {loss:.3f})",
@@ -184,6 +206,11 @@ def main(argv=None):
         "--upsample", choices=("repeat", "image_resize"), nargs="+", default=["repeat"],
         help="U-Net upsampling: repeat (jaxdiff's, the default) and/or image_resize (before)",
     )  # fmt: skip
+    parser.add_argument(
+        "--layers", choices=("jaxdiff", "flax"), nargs="+", default=["jaxdiff"],
+        help="U-Net GroupNorm and conv layers: jaxdiff (models.norm, models.conv.Conv; the "
+        "default) and/or flax (nnx's, before)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     print(
         f"backend={jax.default_backend()} devices={jax.device_count()} "
@@ -193,7 +220,7 @@ def main(argv=None):
     for k in args.k:
         for unroll in args.unroll:
             bench(args.model, args.batch, k, unroll, args.steps, args.repeats, args.data,
-                  args.conv_grad, args.upsample)  # fmt: skip
+                  args.conv_grad, args.upsample, args.layers)  # fmt: skip
 
 
 if __name__ == "__main__":

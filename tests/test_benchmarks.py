@@ -76,3 +76,46 @@ def test_gpu_check_refuses_a_cpu_and_smoke_tests_with_allow_cpu(tmp_path):
     assert set(report["sampling"]) == {"dpm++_2", "ddpm_3"}
     assert (tmp_path / "gpu_check.json").is_file()
     assert "| float32 | tiny | 8 |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_profile_step_attributes_the_ops_of_a_tiny_unet_step():
+    """A subprocess: the script asks XLA to dump the optimised HLO, which works only before
+    JAX starts."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--model", "unet_tiny",
+         "--batch", "2", "--k", "1", "--calls", "1", "--top", "3"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "unet_tiny (jaxdiff layers), batch 2, K=1" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "ms/step" not in line]
+    kinds = {line.split(" | ")[0][2:] for line in rows}
+    assert {"convolution", "dot", "elementwise/other"} <= kinds
+    assert "slowest 3 ops" in out
+
+
+def test_profile_step_classifies_fused_hlo():
+    bench = _load("profile_step")
+    hlo = """HloModule m
+
+%fused_computation.1 (p0: f32[4,8]) -> f32[8] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %c = f32[] constant(0)
+  ROOT %r = f32[8]{0} reduce(%p0, %c), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main (a: f32[4,8], w: f32[8,8]) -> f32[8] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %w = f32[8,8]{1,0} parameter(1)
+  %dot.1 = f32[4,8]{1,0} dot(%a, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}, \
+metadata={op_name="jit(f)/transpose(jvp(f))/dot_general"}
+  ROOT %reduce_fusion = f32[8]{0} fusion(%dot.1), kind=kLoop, calls=%fused_computation.1, \
+metadata={op_name="jit(f)/jvp(f)/reduce_sum"}
+}
+"""
+    ops = bench.parse_hlo(hlo)
+    assert ops["dot.1"] == ("dot", True)
+    assert ops["reduce_fusion"] == ("reduction", False)

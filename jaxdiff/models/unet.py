@@ -39,6 +39,7 @@ from jaxdiff.models.apply import (
     timestep_embedding,
 )
 from jaxdiff.models.denoiser import Denoiser
+from jaxdiff.models.norm import GroupNorm
 from jaxdiff.models.unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample, make_conv
 
 __all__ = ["UNet", "unet_level_sizes"]
@@ -134,12 +135,14 @@ class UNet(Denoiser):
         optimiser state and EMA are float32), GroupNorm statistics and the attention
         softmax are computed in float32, and the output is cast back to ``x``'s dtype.
         ``None`` (default): compute in the dtype of the inputs (float32).
-      fast_conv_grad: compute the convolutions' kernel gradients as matrix products on
-        CPU (:mod:`jaxdiff.models.conv`; training steps 17-27% shorter on XLA:CPU for the
-        MNIST presets, the same forward pass, gradients equal up to float32 summation
-        order; other backends keep XLA's). It makes the convolutions ``jax.custom_vjp``
-        functions, so forward-mode autodiff (``jax.jvp``, ``jax.hessian``) needs
-        ``fast_conv_grad=False``.
+      fast_conv_grad: hand-written gradients for XLA:CPU: the convolutions' kernel
+        gradients as matrix products on CPU (:mod:`jaxdiff.models.conv`; other backends keep
+        XLA's), the GroupNorm backward pass and the bias gradients with their sums as matrix
+        products (:mod:`jaxdiff.models.norm`, :mod:`jaxdiff.models.sums`). The same forward
+        pass and parameters, gradients equal up to float32 summation order, training steps
+        faster on XLA:CPU (``benchmarks/RESULTS.md``). It makes these layers
+        ``jax.custom_vjp`` functions, so forward-mode autodiff (``jax.jvp``,
+        ``jax.hessian``) needs ``fast_conv_grad=False``.
       rngs: ``nnx.Rngs`` used for initialisation.
 
     Named architectures are in :mod:`jaxdiff.models.presets`; the default ``UNet(rngs=...)`` is
@@ -287,7 +290,7 @@ class UNet(Denoiser):
             return ResBlock(cin, cout, time_dim, norm_groups=norm_groups, dropout=dropout, **ckw)
 
         def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, num_heads=num_heads, norm_groups=norm_groups, **kw)
+            return AttentionBlock(c, num_heads=num_heads, norm_groups=norm_groups, **ckw)
 
         down_levels = []
         for i, blocks in enumerate(down_plan):
@@ -318,7 +321,7 @@ class UNet(Denoiser):
                 )
             )
         self.up = nnx.List(up_levels)  # lowest resolution first
-        self.out_norm = nnx.GroupNorm(ch, num_groups=norm_groups, **kw)
+        self.out_norm = GroupNorm(ch, num_groups=norm_groups, fast_grad=fast_conv_grad, **kw)
         self.out_conv = make_conv(
             ch, channels, (3, 3), padding="SAME", kernel_init=nnx.initializers.zeros_init(), **ckw
         )

@@ -16,14 +16,16 @@ from flax import nnx
 
 from jaxdiff.models import conv as _conv_lib
 from jaxdiff.models.apply import dropout
+from jaxdiff.models.norm import GroupNorm
 
 __all__ = ["AttentionBlock", "Downsample", "ResBlock", "Upsample", "make_conv", "nearest_resize"]
 
 
 def make_conv(cin: int, cout: int, kernel: tuple[int, int], *, fast_conv_grad: bool, **kw):
-    """``nnx.Conv`` computing its kernel gradient with matmuls on CPU (:mod:`.conv`) if asked."""
+    """A conv layer: :class:`jaxdiff.models.conv.Conv` (gradients fast on XLA:CPU) if
+    ``fast_conv_grad``, else ``nnx.Conv`` (forward-mode autodiff works); the same parameters."""
     if fast_conv_grad:
-        kw["conv_general_dilated"] = _conv_lib.conv_general_dilated
+        return _conv_lib.Conv(cin, cout, kernel, **kw)
     return nnx.Conv(cin, cout, kernel, **kw)
 
 
@@ -33,6 +35,8 @@ class ResBlock(nnx.Module):
     ``h = conv1(SiLU(GN(x))) + Linear(SiLU(temb))[:, None, None, :]``;
     ``h = conv2(dropout(SiLU(GN(h))))``; returns ``skip(x) + h`` where ``skip`` is a
     1x1 conv if ``in_channels != out_channels`` and the identity otherwise.
+    ``fast_conv_grad``: the hand-written gradients of :mod:`.conv` and :mod:`.norm` (the same
+    function and parameters; forward-mode autodiff needs False).
 
     Call: ``x (B, H, W, in_channels)``, ``temb (B, time_dim)``, ``dropout_key`` (or
     ``None``: no dropout) -> ``(B, H, W, out_channels)``. ``dtype`` is the computation
@@ -54,10 +58,11 @@ class ResBlock(nnx.Module):
         self.dropout = dropout
         kw = dict(dtype=dtype, rngs=rngs)
         ckw = dict(kw, fast_conv_grad=fast_conv_grad)
-        self.norm1 = nnx.GroupNorm(in_channels, num_groups=norm_groups, **kw)
+        nkw = dict(kw, num_groups=norm_groups, fast_grad=fast_conv_grad)
+        self.norm1 = GroupNorm(in_channels, **nkw)
         self.conv1 = make_conv(in_channels, out_channels, (3, 3), padding="SAME", **ckw)
         self.time_proj = nnx.Linear(time_dim, out_channels, **kw)
-        self.norm2 = nnx.GroupNorm(out_channels, num_groups=norm_groups, **kw)
+        self.norm2 = GroupNorm(out_channels, **nkw)
         self.conv2 = make_conv(out_channels, out_channels, (3, 3), padding="SAME", **ckw)
         self.skip = (
             make_conv(in_channels, out_channels, (1, 1), **ckw)
@@ -83,6 +88,7 @@ class AttentionBlock(nnx.Module):
 
     Call: ``x (B, H, W, channels)`` -> ``(B, H, W, channels)``. The softmax runs in float32
     whatever the computation ``dtype`` (``jax.nn.dot_product_attention``'s XLA path).
+    ``fast_conv_grad``: the GroupNorm's hand-written backward pass (:mod:`.norm`).
     """
 
     def __init__(
@@ -92,10 +98,13 @@ class AttentionBlock(nnx.Module):
         num_heads: int = 1,
         norm_groups: int,
         dtype: jnp.dtype | None = None,
+        fast_conv_grad: bool = True,
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
-        self.norm = nnx.GroupNorm(channels, num_groups=norm_groups, dtype=dtype, rngs=rngs)
+        self.norm = GroupNorm(
+            channels, num_groups=norm_groups, dtype=dtype, fast_grad=fast_conv_grad, rngs=rngs
+        )
         self.qkv = nnx.Linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
 
