@@ -154,7 +154,7 @@ def build_parser(cls: type, *, prog: str | None = None) -> argparse.ArgumentPars
     for f in _ordered_fields(cls):
         tp = hints[f.name]
         help_text = f"{f.metadata.get('help', '')} (default: {default_text(f, presets)})"
-        if tp is bool:
+        if _unwrap_optional(tp)[0] is bool:  # --flag / --no-flag (None: the default decides)
             parser.add_argument(
                 _flag(f.name),
                 action=argparse.BooleanOptionalAction,

@@ -309,8 +309,13 @@ CASES: dict[str, tuple[str, Callable[[Path], str]]] = {
         lambda tmp: _cli(mnist, mnist.MnistConfig, ["--epochs", "3"], usage=True),
     ),
     "cli-guidance": (
-        "`python -m experiments.mnist --guidance-scale 3` (unconditional model)",
-        lambda tmp: _cli(mnist, mnist.MnistConfig, ["--guidance-scale", "3"], usage=True),
+        "`python -m experiments.mnist --no-class-conditional --guidance-scale 3`",
+        lambda tmp: _cli(
+            mnist,
+            mnist.MnistConfig,
+            ["--no-class-conditional", "--guidance-scale", "3"],
+            usage=True,
+        ),
     ),
     "cli-resume-overwrite": (
         "`python -m experiments.mnist --resume --overwrite`",

@@ -51,22 +51,23 @@ class Preset:
 
 
 # The CPU preset is sized so that the whole default run (data, compile, training, 1,000 samples,
-# figures, evaluation) fits in 20 minutes on a 2-core CPU: 10.8 min measured on 2026-12-01 with
-# an empty cache (README.md, "How the CPU preset was chosen", which also has the measurements
-# behind each choice). The cosine schedule with Min-SNR-5 weighting and lr 2e-3 took the Frechet
-# distance of the 1,200-step run from 98 (linear, L_simple, lr 1e-3) to 65 at 256 samples;
-# ancestral DDPM on 25 respaced steps beat DPM-Solver++ and DDIM on the briefly trained model;
-# a cosine learning-rate decay measured worse with the EMA weights. The EMA decay is matched to
-# the run length.
+# figures, evaluation) fits in 15 minutes on a 2-core CPU (README.md, "How the CPU preset was
+# chosen", which has the measurements behind each choice). The cosine schedule with Min-SNR-5
+# weighting and lr 2e-3 took the Frechet distance of a 1,200-step unconditional run from 98
+# (linear, L_simple, lr 1e-3) to 65 at 256 samples; class labels with classifier-free guidance
+# w=0.5 took a 2,000-step run from ~52 (unconditional) to 22-26 at 1,000 samples; ancestral DDPM
+# on 25 respaced steps beat DPM-Solver++ and DDIM on the briefly trained model; a cosine
+# learning-rate decay measured worse with the EMA weights. The EMA decay is matched to the run
+# length.
 CPU = Preset(
     defaults=dict(
-        model="compact", train_steps=1600, batch_size=32, learning_rate=2e-3, warmup_steps=100,
+        model="compact", train_steps=2200, batch_size=32, learning_rate=2e-3, warmup_steps=100,
         lr_schedule="constant", ema_decay=0.995, schedule="cosine", loss_weighting="min_snr",
         sample_every=300, checkpoint_every=300, sampler="ddpm", sample_steps=25,
         dtype="float32", num_samples=1000, steps_per_call=None,
     ),
-    seconds_per_step=0.3,
-    fixed_seconds=170.0,
+    seconds_per_step=0.27,
+    fixed_seconds=200.0,
 )  # fmt: skip
 
 # Not yet run on a GPU: its timing is unmeasured, and it computes in float32 until bfloat16 has
@@ -85,7 +86,7 @@ GPU = Preset(
 PRESETS = {"cpu": CPU, "gpu": GPU}
 #: Each preset's field values, for ``--help``.
 PRESET_DEFAULTS = {name: p.defaults for name, p in PRESETS.items()}
-_DEFAULT_GUIDANCE = 1.0
+_DEFAULT_GUIDANCE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,12 @@ class MnistConfig(DistributedRunFlags):
         default_text="required with --schedule constant",
     )
     prediction: Literal["eps", "x0", "v"] = field("eps", "what the network predicts")
-    class_conditional: bool = field(False, "condition on the digit (label dropout for CFG)")
+    class_conditional: bool | None = field(
+        None,
+        "condition on the digit (label dropout for CFG); --no-class-conditional: the classic "
+        "unconditional run",
+        default_text="on, except with --model cnn (unconditional)",
+    )
     label_dropout: float = field(0.1, "probability of the null label while training (CFG)")
     guidance_scale: float = field(
         _DEFAULT_GUIDANCE, "classifier-free guidance weight w (needs --class-conditional)"
@@ -189,11 +195,20 @@ class MnistConfig(DistributedRunFlags):
                 "--guidance-scale > 0 needs an unconditional model too: set --label-dropout > 0 "
                 "(e.g. 0.1) or --guidance-scale 0"
             )
-        if self.guidance_scale != _DEFAULT_GUIDANCE and not self.class_conditional:
+        if self.model == "cnn" and (
+            self.class_conditional
+            or self.guidance_scale != _DEFAULT_GUIDANCE
+            or self.dtype == "bfloat16"
+        ):
+            raise ValueError(
+                "--model cnn is unconditional and float32: drop --class-conditional, "
+                "--guidance-scale and --dtype bfloat16, or pick a U-Net --model"
+            )
+        if self.guidance_scale != _DEFAULT_GUIDANCE and self.class_conditional is False:
             raise ValueError(
                 f"--guidance-scale {self.guidance_scale:g} needs --class-conditional (guidance "
-                "mixes conditional and unconditional predictions); add --class-conditional or "
-                "drop --guidance-scale"
+                "mixes conditional and unconditional predictions); drop --no-class-conditional "
+                "or --guidance-scale"
             )
         if (self.schedule == "constant") != (self.alpha is not None):
             raise ValueError(
@@ -202,11 +217,6 @@ class MnistConfig(DistributedRunFlags):
             )
         if self.alpha is not None and not 0 < self.alpha < 1:
             raise ValueError(f"--alpha must lie in (0, 1), got {self.alpha}")
-        if self.model == "cnn" and (self.class_conditional or self.dtype == "bfloat16"):
-            raise ValueError(
-                "--model cnn is unconditional and float32: drop --class-conditional and "
-                "--dtype bfloat16, or pick a U-Net --model"
-            )
         super().__post_init__()  # --resume and --overwrite
 
 
@@ -229,6 +239,8 @@ def resolve(config: MnistConfig, backend: str | None = None) -> tuple[MnistConfi
         for k, v in p.defaults.items()
         if k not in ("sampler", "sample_steps") and getattr(config, k) is None
     }
+    if config.class_conditional is None:  # the U-Nets take labels, the tutorials' CNN does not
+        changes["class_conditional"] = changes.get("model", config.model) != "cnn"
     if config.sampler is None:  # the preset's steps go with the preset's sampler only
         changes["sampler"] = p.defaults["sampler"]
         if config.sample_steps is None:
