@@ -39,7 +39,7 @@ def test_help_shows_a_real_default_for_every_flag(name):
 
 def test_mnist_help_names_each_presets_value():
     text = " ".join(build_parser(_config("mnist")).format_help().split())
-    assert "total training steps (default: from preset: cpu 2200, gpu 40000)" in text
+    assert "total training steps (default: from preset: cpu 2000, gpu 40000)" in text
     assert "(default: from preset: cpu backend default, gpu 10)" in text  # --steps-per-call
     assert "(default: from preset: constant)" in text  # --lr-schedule: the same in both
 

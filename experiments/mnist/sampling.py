@@ -36,12 +36,16 @@ def _options(config, num_classes: int | None) -> dict:
 
 
 def progress_grid_hook(config, apply, schedule, shape, key, num_classes, out: Path) -> Callable:
-    """``hook(step, state)`` that saves ``out/progress/samples_STEP.png`` from the EMA weights.
+    """``hook(step, state)`` that saves ``out/progress/samples_STEP.png`` from the EMA weights
+    (class-conditional: 60 samples, one column per digit).
 
     The grid uses the final sampler's settings (so both share one compiled loop when the shapes
     agree), except that DDPM over more than 100 steps is cut to 25.
     """
     n = min(GRID, config.num_samples)
+    ncols = 8
+    if num_classes:  # one column per digit
+        n, ncols = n - n % 10 or n, 10
     options = _options(config, num_classes)
     if options["sampler"] == "ddpm" and (options["steps"] or config.num_timesteps) > 100:
         options["steps"] = 25
@@ -56,7 +60,7 @@ def progress_grid_hook(config, apply, schedule, shape, key, num_classes, out: Pa
             plotting.save_image_grid(
                 out / "progress" / f"samples_{step:07d}.png",
                 to_images(result.samples),
-                ncols=8,
+                ncols=ncols,
                 title=f"EMA samples after {step} steps",
             )
 
