@@ -149,6 +149,8 @@ def test_add_bias_gradient_is_the_sum_of_the_cotangent():
         dict(kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
         dict(kernel_size=(1, 1)),
         dict(kernel_size=(3, 3), feature_group_count=2),  # not covered: nnx.Conv's own call
+        dict(kernel_size=(3, 3), padding="CIRCULAR"),  # nnx pads it itself: nnx.Conv's call
+        dict(kernel_size=(3, 3), padding=1),
     ],
 )
 def test_conv_is_nnx_conv_with_other_gradients(kwargs):

@@ -248,8 +248,7 @@ class Conv(nnx.Conv):
             and self.feature_group_count == 1
             and self.input_dilation in (None, 1, (1, 1))
             and self.preferred_element_type is None
-            and not isinstance(self.padding, int)
-            and (isinstance(self.padding, str) or all(len(p) == 2 for p in self.padding))
+            and _lax_padding(self.padding)
         )
         if not simple:
             return super().__call__(inputs)
@@ -261,6 +260,16 @@ class Conv(nnx.Conv):
             precision=self.precision,
         )  # fmt: skip
         return add_bias(y, bias)
+
+
+def _lax_padding(padding) -> bool:
+    """Whether ``lax.conv_general_dilated`` takes ``padding`` as it is: "SAME", "VALID" or one
+    (low, high) pair per spatial axis (nnx's "CIRCULAR", "CAUSAL" and ints it converts itself)."""
+    if isinstance(padding, str):
+        return padding in ("SAME", "VALID")
+    if isinstance(padding, int):
+        return False
+    return len(padding) == 2 and all(isinstance(p, tuple | list) and len(p) == 2 for p in padding)
 
 
 def _pair(v) -> tuple[int, int]:
