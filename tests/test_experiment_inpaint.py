@@ -19,11 +19,12 @@ from jaxdiff.outputs import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 # The smallest MNIST run that leaves a checkpoint: XLA:CPU compile time is what it spends.
+# Unconditional: without guidance one model call per step, which the counts below assume.
 TINY_MNIST = [
     "--model", "tiny", "--train-steps", "2", "--batch-size", "8", "--train-limit", "16",
     "--num-samples", "2", "--sample-every", "0", "--checkpoint-every", "0",
     "--sample-steps", "2", "--num-timesteps", "20", "--schedule", "cosine",
-    "--steps-per-call", "1", "--no-evaluate", "--no-progress",
+    "--steps-per-call", "1", "--no-evaluate", "--no-progress", "--no-class-conditional",
 ]  # fmt: skip
 # 2 steps + 1 resampling jump of 1 step = 3 model calls: one compiled chunk of the CPU loop.
 TINY_INPAINT = [

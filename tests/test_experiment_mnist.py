@@ -88,6 +88,9 @@ def test_mnist_class_conditional_smoke_on_a_fresh_machine(mnist_mirror, tmp_path
     assert source.startswith(f"MNIST IDX files from {mnist_mirror.as_uri()}/"), source
     assert source in (out / "report.md").read_text()
     assert (tmp_path / "cache" / "datasets" / "mnist" / "idx" / "train.npz").is_file()
+    # fewer samples than digits: the reverse-process figures show all of them
+    _run([*argv, "--resume", "--num-samples", "4", "--guidance-scale", "2", "--train-steps", "3"])
+    assert np.load(out / "labels.npy").tolist() == [0, 1, 2, 3]
 
 
 def _cli(*args, env=None):

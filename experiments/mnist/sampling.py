@@ -69,8 +69,8 @@ def progress_grid_hook(config, apply, schedule, shape, key, num_classes, out: Pa
 
 def final_samples(config, apply, params, schedule, shape, key, num_classes) -> dict:
     """``config.num_samples`` samples (labels cycling 0-9 when conditional) and the reverse
-    process of the first 10: ``{"samples", "labels", "trajectory", "trajectory_t", "seconds",
-    "steps"}``, images float32 in [0, 1]."""
+    process of the first 10 (or all, if fewer): ``{"samples", "labels", "trajectory",
+    "trajectory_t", "seconds", "steps"}``, images float32 in [0, 1]."""
     n = config.num_samples
     labels = (np.arange(n) % 10).astype(np.int32) if num_classes else None
     options = _options(config, num_classes)
@@ -85,17 +85,18 @@ def final_samples(config, apply, params, schedule, shape, key, num_classes) -> d
     )  # fmt: skip
     samples = to_images(result.samples)
     seconds = time.perf_counter() - t0
-    # Sample n depends only on (key, n), so these equal samples[:10]. At most 40 recorded steps
+    # Sample n depends only on (key, n), so these equal samples[:few]. At most 40 recorded steps
     # keep the figure and the GIF small.
+    few = min(10, n)
     record = sorted(set(np.linspace(0, n_steps - 1, min(n_steps, 40)).round().astype(int)))
-    few = sample(
-        apply, params, schedule, (10, *shape), sample_key,
-        labels=None if labels is None else jnp.asarray(labels[:10]), record=record, **options,
+    traced = sample(
+        apply, params, schedule, (few, *shape), sample_key,
+        labels=None if labels is None else jnp.asarray(labels[:few]), record=record, **options,
     )  # fmt: skip
     return {
         "samples": samples,
         "labels": labels,
-        "trajectory": to_images(few.trajectory),
+        "trajectory": to_images(traced.trajectory),
         "trajectory_t": [int(t_next[j]) for j in record],
         "seconds": seconds,
         "steps": n_steps,
