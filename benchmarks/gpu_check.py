@@ -105,7 +105,10 @@ def _setup(args, dtype: str):
     trainer = Trainer(apply, schedule, train_config)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(max(4 * args.batch, 512), 28, 28, 1)).astype(np.float32)
-    return config, apply, params, schedule, trainer, trainer.put_data({"x": x})
+    data = {"x": x}
+    if config.class_conditional:  # the preset's model takes the digit (random labels here)
+        data["labels"] = rng.integers(0, 10, size=len(x)).astype(np.int32)
+    return config, apply, params, schedule, trainer, trainer.put_data(data)
 
 
 def train_step_timing(args, setup, dtype: str) -> dict:
@@ -113,6 +116,8 @@ def train_step_timing(args, setup, dtype: str) -> dict:
     k = trainer.steps_per_call
     state = trainer.init_state(params, 0)
     batch = {"x": jax.ShapeDtypeStruct((args.batch, 28, 28, 1), jnp.float32)}
+    if config.class_conditional:
+        batch["labels"] = jax.ShapeDtypeStruct((args.batch,), jnp.int32)
     analysis = jax.jit(trainer.train_step).trace(state, batch).lower().cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
     flops = float(analysis["flops"])
