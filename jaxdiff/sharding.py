@@ -11,7 +11,8 @@ each process then feeds only its slice of the global batch (:func:`shard_batch` 
 
 - :func:`make_mesh`, :func:`batch_sharding`, :func:`replicated_sharding`
 - :func:`check_batch_size`: the global batch must divide evenly over the devices
-- :func:`shard_batch`, :func:`replicate`: host arrays -> global ``jax.Array``
+- :func:`shard_batch`, :func:`place`, :func:`replicate`: host arrays -> global ``jax.Array``;
+  :func:`gather`: global ``jax.Array`` -> the whole NumPy array in every process
 - :func:`initialize_distributed`, :func:`is_main_process`, :func:`process_index`,
   :func:`process_count`, :func:`main_process_succeeded`, :func:`processes_without`,
   :func:`local_copy`
@@ -31,11 +32,13 @@ __all__ = [
     "DATA_AXIS",
     "batch_sharding",
     "check_batch_size",
+    "gather",
     "initialize_distributed",
     "is_main_process",
     "local_copy",
     "main_process_succeeded",
     "make_mesh",
+    "place",
     "process_count",
     "process_index",
     "processes_without",
@@ -229,18 +232,60 @@ def shard_batch(batch: PyTree, mesh: Mesh, *, stacked: bool = False) -> PyTree:
     )
 
 
-def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Put a copy of ``tree`` on every device of ``mesh`` (all processes must pass equal values).
+def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    """Put whole values on ``sharding``'s devices: every process passes the same whole arrays.
 
-    Works for NumPy arrays and for fully addressable ``jax.Array``; in a multi-process run each
-    process supplies its own copy and no data crosses hosts.
+    Unlike :func:`shard_batch`, where each process passes its own slice, here every process holds
+    the full value (a sampler's labels, a mask, a replicated parameter tree) and only the pieces
+    ``sharding`` assigns to this process's devices are copied; no data crosses hosts. Leaves that
+    already have ``sharding`` are kept as they are; global arrays with another sharding are
+    resharded; NumPy arrays and this process's own ``jax.Array`` are copied in.
+
+    Args:
+      tree: a pytree of arrays (NumPy or ``jax.Array``, not PRNG key arrays: pass
+        ``jax.random.key_data(key)``).
+      sharding: where the values go, e.g. :func:`batch_sharding` or :func:`replicated_sharding`.
+
+    Returns:
+      The same pytree of global ``jax.Array`` with ``sharding``.
     """
-    sharding = replicated_sharding(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
 
     def put(leaf):
+        if isinstance(leaf, jax.Array):
+            if leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+                return leaf
+            if jax.process_count() == 1 or not leaf.is_fully_addressable:
+                return jax.device_put(leaf, sharding)
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree_util.tree_map(put, tree)
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Put a copy of ``tree`` on every device of ``mesh`` (all processes must pass equal values).
+
+    Works for NumPy arrays and ``jax.Array`` (see :func:`place`); in a multi-process run each
+    process supplies its own copy and no data crosses hosts.
+    """
+    return place(tree, replicated_sharding(mesh))
+
+
+def gather(tree: PyTree) -> PyTree:
+    """The whole of every array as NumPy, in every process (a collective in a multi-process run:
+    every process must call it).
+
+    For the outputs of a computation sharded over all processes' devices, such as
+    ``jaxdiff.sample(..., mesh=mesh)``; arrays of this process alone are returned as they are.
+    In a single process this is ``np.asarray``.
+    """
+    if jax.process_count() == 1:
+        return jax.tree_util.tree_map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    def whole(leaf):
+        if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+            return np.asarray(leaf)  # this process's own value
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+
+    return jax.tree_util.tree_map(whole, tree)

@@ -9,7 +9,8 @@ subprocesses (so that each can set ``XLA_FLAGS`` / start ``jax.distributed`` bef
     # one process with 8 CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8):
     python tests/_two_process_worker.py eight --out DIR
 
-Each writes ``DIR/params_<process>.npz`` (the parameter leaves after :func:`run_sequence`) and
+Each writes ``DIR/params_<process>.npz`` (the parameter leaves after :func:`run_sequence`),
+``DIR/samples_<process>.npz`` (:func:`sample_all` over all devices) and
 ``DIR/result_<process>.json``; only the main process writes ``DIR/main_only.txt``.
 """
 
@@ -159,6 +160,77 @@ def run_sequence(trainer, params, *, process_index=0, process_count=1):
     return state, losses
 
 
+def sample_cases():
+    """``{name: sample() keyword arguments}``: stochastic, guided, chunked, recorded and
+    inpainting runs of 13 samples (not a multiple of the device count: padding is exercised)."""
+    import numpy as np
+
+    labels = (np.arange(13) % NUM_CLASSES).astype(np.int32)
+    mask = np.zeros((13, DIM), bool)
+    mask[:, :2] = True
+    return {
+        "ddpm_guided_chunked": dict(
+            sampler="ddpm", steps=10, num_classes=NUM_CLASSES, labels=labels,
+            guidance_scale=1.0, chunk_size=6,
+        ),
+        "dpmpp_recorded": dict(sampler="dpm++", steps=8, num_classes=NUM_CLASSES,
+                               record=(0, 3, -1)),
+        "ddim_inpaint": dict(sampler="ddim", steps=6, num_classes=NUM_CLASSES, mask=mask,
+                             known=np.full((13, DIM), 0.5, np.float32)),
+    }  # fmt: skip
+
+
+def sample_all(apply, params, schedule, mesh=None):
+    """Every case of :func:`sample_cases` from ``params`` -> ``{name_samples, name_trajectory}``
+    as NumPy (gathered from every process when ``mesh`` spans several)."""
+    from jaxdiff import sharding
+    from jaxdiff.samplers import sample
+
+    out = {}
+    for name, kwargs in sample_cases().items():
+        result = sample(apply, params, schedule, (13, DIM), _jax().random.key(7), mesh=mesh,
+                        **kwargs)  # fmt: skip
+        out[f"{name}_samples"], out[f"{name}_trajectory"] = sharding.gather(tuple(result))
+    return out
+
+
+_COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def sampling_collectives(apply, params, schedule) -> dict[str, int]:
+    """How often each cross-device collective occurs in the compiled sampling loop split over
+    all devices (guided DDPM; the optimised, partitioned HLO that would run)."""
+    import numpy as np
+
+    import jaxdiff.samplers.scan as sampler_scan
+    from jaxdiff import sharding
+
+    texts = []
+    real = sampler_scan._run_ops_compiled
+
+    def capture(platform, mesh):
+        compiled = real(platform, mesh)
+
+        def run(cfg, *args):
+            texts.append(compiled.lower(cfg, *args).compile().as_text())
+            return compiled(cfg, *args)
+
+        return run
+
+    sampler_scan._run_ops_compiled = capture
+    try:
+        from jaxdiff.samplers import sample
+
+        # Guided DDPM (the guidance doubles the batch inside the loop) in one chunk and one scan.
+        sample(apply, params, schedule, (16, DIM), _jax().random.key(7), sampler="ddpm",
+               steps=10, num_classes=NUM_CLASSES, labels=np.arange(16) % NUM_CLASSES,
+               guidance_scale=1.0, steps_per_call=None, mesh=sharding.make_mesh())  # fmt: skip
+    finally:
+        sampler_scan._run_ops_compiled = real
+    assert len(texts) == 1, len(texts)
+    return {op: texts[0].count(f" {op}(") + texts[0].count(f" {op}-start(") for op in _COLLECTIVES}
+
+
 def local_leaves(tree):
     """This process's copy of every leaf of a replicated tree, as NumPy arrays."""
     import numpy as np
@@ -221,8 +293,12 @@ def _main(argv=None) -> int:
     result["step"] = int(state.step.addressable_data(0))
     leaves = local_leaves(state.params)
     np.savez(out / f"params_{pid}.npz", *leaves)
+    # Sampling split over every device of every process, from the trained (global) parameters.
+    np.savez(out / f"samples_{pid}.npz", **sample_all(apply, state.params, schedule,
+                                                      sharding.make_mesh()))  # fmt: skip
 
     if args.mode == "eight":
+        result["sampling_collectives"] = sampling_collectives(apply, state.params, schedule)
         try:  # 12 examples over 8 devices: must fail before anything is compiled
             trainer.step(trainer.init_state(params, 0), toy_data(12))
             result["indivisible_error"] = None

@@ -131,8 +131,8 @@ def test_the_samplers_lower_cleanly_for_accelerators(sampler, monkeypatch):
     lowered = {}
     real = sampler_scan._run_ops_compiled
 
-    def capture(platform):
-        compiled = real(platform)
+    def capture(platform, mesh):
+        compiled = real(platform, mesh)
 
         def run(cfg, *args):
             traced = jax.jit(sampler_scan._run_ops_body, static_argnums=0).trace(cfg, *args)

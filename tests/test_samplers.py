@@ -26,6 +26,7 @@ import pytest
 
 from jaxdiff import ddim_step, make_schedule
 from jaxdiff.parameterization import eps_to_x0, v_from_eps_x0
+from jaxdiff.sharding import make_mesh
 from jaxdiff.samplers import (
     default_loop_options,
     dpm_solver_pp_step,
@@ -380,6 +381,11 @@ def test_determinism_and_chunk_independence(schedule):
         other = run(jax.random.key(42), **extra)
         np.testing.assert_allclose(other.samples, ref.samples, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(other.trajectory, ref.trajectory, rtol=1e-6, atol=1e-6)
+    # Split over a mesh of one device (the per-device program, shard_map): the same bits.
+    # Several devices: tests/test_sharding.py.
+    split = run(jax.random.key(42), mesh=make_mesh(jax.devices()[:1]), **ONE_SCAN)
+    np.testing.assert_array_equal(split.samples, ref.samples)
+    np.testing.assert_array_equal(split.trajectory, ref.trajectory)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
@@ -453,6 +459,11 @@ def test_bad_types_raise_type_error(schedule):
         sample(_must_not_run, None, np.ones(10), (4, 2), jax.random.key(0))
     with pytest.raises(ValueError, match="shape must be"):
         sample(_must_not_run, None, schedule, (4,), jax.random.key(0))
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh with an axis 'data'"):
+        sample(_must_not_run, None, schedule, (4, 2), jax.random.key(0), mesh="data")
+    two_axes = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    with pytest.raises(ValueError, match="mesh must have the one axis 'data'"):
+        sample(_must_not_run, None, schedule, (4, 2), jax.random.key(0), mesh=two_axes)
 
 
 def test_model_output_shape_is_checked(schedule):

@@ -1,4 +1,5 @@
-"""Data parallelism: 8 CPU devices and 2 processes give the single-device result.
+"""Data parallelism: 8 CPU devices and 2 processes give the single-device result, in training
+and in sampling (``sample(..., mesh=...)``).
 
 The multi-device runs need ``XLA_FLAGS`` / ``jax.distributed`` set before JAX starts, so they run
 in subprocesses (tests/_two_process_worker.py), launched together by one module fixture while
@@ -97,14 +98,19 @@ def runs(tmp_path_factory):
     multi = _start_two_process(multi_dir)
 
     params, apply = worker.tiny_model()
+    schedule = make_schedule("linear", num_steps=50)
     trainer = Trainer(
         apply,
-        make_schedule("linear", num_steps=50),
+        schedule,
         worker.sequence_config(),
         mesh=sharding.make_mesh(jax.devices()[:1]),
     )
     state, losses = worker.run_sequence(trainer, params)
-    reference = {"params": worker.local_leaves(state.params), "losses": losses}
+    reference = {
+        "params": worker.local_leaves(state.params),
+        "losses": losses,
+        "samples": worker.sample_all(apply, state.params, schedule),  # one device
+    }
 
     multi_results = _wait(multi, deadline)
     if any(rc not in (0, worker.GLOO_UNAVAILABLE) for rc, _ in multi_results) and any(
@@ -139,6 +145,25 @@ def test_eight_devices_equal_single_device(runs):
     np.testing.assert_allclose(result["losses"], runs["reference"]["losses"], rtol=1e-5)
 
 
+def _assert_samples_close(path: Path, reference: dict) -> None:
+    # Each device runs the unsplit computation on its share of the examples with the same keys;
+    # only XLA's rounding for the smaller batch shape may differ (float32, values of order 1).
+    with np.load(path) as got:
+        assert sorted(got.files) == sorted(reference)
+        for name, want in reference.items():
+            assert got[name].shape == want.shape, name
+            np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_sampling_over_eight_devices_equals_one_device(runs):
+    (rc, log), out = runs["eight"]
+    assert rc == 0, f"8-device worker failed (rc={rc}):\n{log}"
+    _assert_samples_close(out / "samples_0.npz", runs["reference"]["samples"])
+    # Each device samples its own examples: the compiled loop has no cross-device traffic.
+    collectives = json.loads((out / "result_0.json").read_text())["sampling_collectives"]
+    assert collectives and not any(collectives.values()), collectives
+
+
 def test_indivisible_batch_names_both_numbers(runs):
     (rc, log), out = runs["eight"]
     assert rc == 0, f"8-device worker failed (rc={rc}):\n{log}"
@@ -165,6 +190,12 @@ def test_two_processes_equal_single_process(runs):
         _assert_params_close(leaves[i], reference["params"])
     for a, b in zip(*leaves, strict=True):  # the replicas agree bit for bit
         np.testing.assert_array_equal(a, b)
+    # Sampling split over both processes' devices: each process gathers the same whole result.
+    for i in range(2):
+        _assert_samples_close(out / f"samples_{i}.npz", reference["samples"])
+    with np.load(out / "samples_0.npz") as a, np.load(out / "samples_1.npz") as b:
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     # Only the main process writes files.
     assert (out / "main_only.txt").read_text().startswith("written by process 0 of 2")
 

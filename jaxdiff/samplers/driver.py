@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxdiff.samplers.options import validate
 from jaxdiff.samplers.plan import build_plan
@@ -61,6 +62,7 @@ def sample(
     chunk_size: int | None = None,
     steps_per_call: int | str | None = "auto",
     unroll: int | bool | None = None,
+    mesh: Mesh | None = None,
 ) -> SampleResult:
     """Draw samples with a compiled reverse process (``lax.scan`` over the solver's steps).
 
@@ -134,8 +136,17 @@ def sample(
         the backend's default when ``steps_per_call`` is ``"auto"``, else ``True`` for chunked
         scans on CPU and 1 otherwise.
 
+      mesh: split every batch (chunk) over this mesh's ``"data"`` axis, ``b / n`` examples per
+        device, each device running the whole loop on its share with no communication (the
+        parameters are copied to every device). ``jaxdiff.sharding.make_mesh()`` for all
+        devices, or a :class:`jaxdiff.train.Trainer`'s ``.mesh``. A chunk is rounded up to a
+        multiple of the device count. In a multi-process run every process calls ``sample``
+        with the same arguments and the results span all processes: read them with
+        :func:`jaxdiff.sharding.gather`. None: one device.
+
     Returns:
-      :class:`SampleResult` ``(samples, trajectory)``.
+      :class:`SampleResult` ``(samples, trajectory)``; with ``mesh``, global arrays on its
+      devices (split along the example axis when no chunk was padded).
 
     Raises:
       ValueError / TypeError: on any bad argument, before anything is compiled.
@@ -146,7 +157,7 @@ def sample(
         resample_jumps=resample_jumps, jump_length=jump_length, record=record,
         prediction=prediction, eta=eta, variance=variance, spacing=spacing, clip_x0=clip_x0,
         lower_order_final=lower_order_final, x_T=x_T, chunk_size=chunk_size,
-        steps_per_call=steps_per_call, unroll=unroll,
+        steps_per_call=steps_per_call, unroll=unroll, mesh=mesh,
     )  # fmt: skip
     check_terminal_signal(schedule, stacklevel=3)
     dtype = jnp.dtype(schedule.betas.dtype)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxdiff.parameterization import PREDICTIONS
 from jaxdiff.reverse import VARIANCES
@@ -25,6 +26,7 @@ from jaxdiff.samplers.grids import SPACINGS
 from jaxdiff.samplers.loop_options import default_loop_options
 from jaxdiff.samplers.registry import SOLVERS, make_solver
 from jaxdiff.schedules import Schedule
+from jaxdiff.sharding import DATA_AXIS
 
 __all__ = ["SamplerArrays", "SamplerOptions", "validate"]
 
@@ -182,6 +184,21 @@ def _check_float(value, name):
     return value
 
 
+def _check_mesh(mesh) -> None:
+    if mesh is None:
+        return
+    if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
+        raise TypeError(
+            f"mesh must be a jax.sharding.Mesh with an axis {DATA_AXIS!r} to split the batch "
+            f"over (jaxdiff.sharding.make_mesh(), or a Trainer's .mesh), got {mesh!r}"
+        )
+    if tuple(mesh.axis_names) != (DATA_AXIS,):
+        raise ValueError(
+            f"mesh must have the one axis {DATA_AXIS!r} (sampling splits only the batch), got "
+            f"axes {dict(mesh.shape)}; use jaxdiff.sharding.make_mesh(devices)"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerOptions:
     """Everything about a sampling run except the arrays, validated (see :func:`validate`).
@@ -206,6 +223,7 @@ class SamplerOptions:
     chunk_size: int | None = None
     steps_per_call: int | None = None
     unroll: int | bool = 1
+    mesh: Mesh | None = None
 
 
 class SamplerArrays(NamedTuple):
@@ -221,7 +239,7 @@ class SamplerArrays(NamedTuple):
 def validate(apply, schedule, shape, key, *, sampler, steps, labels, num_classes, guidance_scale,
              mask, known, resample_jumps, jump_length, record, prediction, eta, variance,
              spacing, clip_x0, lower_order_final, x_T, chunk_size, steps_per_call,
-             unroll) -> tuple[SamplerOptions, SamplerArrays]:  # fmt: skip
+             unroll, mesh=None) -> tuple[SamplerOptions, SamplerArrays]:  # fmt: skip
     """Check every argument of :func:`jaxdiff.samplers.sample` (pure Python / NumPy: nothing
     is traced before it passes) and return the options and arrays, normalised."""
     if not callable(apply):
@@ -291,6 +309,7 @@ def validate(apply, schedule, shape, key, *, sampler, steps, labels, num_classes
             key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
     except (TypeError, ValueError) as e:
         raise TypeError(f"key must be a PRNG key (jax.random.key(seed)), got {key!r}") from e
+    _check_mesh(mesh)
     options = SamplerOptions(
         solver=make_solver(sampler, eta=eta, variance=variance),
         steps=steps,
@@ -307,5 +326,6 @@ def validate(apply, schedule, shape, key, *, sampler, steps, labels, num_classes
         chunk_size=chunk_size,
         steps_per_call=steps_per_call,
         unroll=unroll,
+        mesh=mesh,
     )
     return options, SamplerArrays(labels, mask, known, x_T, key)

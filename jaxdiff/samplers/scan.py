@@ -19,10 +19,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxdiff.samplers.base import Solver
 from jaxdiff.samplers.guidance import check_output, classifier_free_guidance, to_eps_and_x0
 from jaxdiff.samplers.repaint import renoise, replace_known
+from jaxdiff.sharding import DATA_AXIS, batch_sharding, place, replicated_sharding
 from jaxdiff.xla_options import jit as xla_jit
 
 __all__ = ["SampleResult", "run_chunks"]
@@ -67,8 +70,7 @@ class _Carry(NamedTuple):
     trajectory: jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _step_keys(key, offset, b: int, num_ops: int):
+def _keys(key, offset, b: int, num_ops: int):
     """``(num_ops, b)`` keys: entry ``[j, i]`` is ``fold_in(fold_in(key, offset + i), j)``.
 
     Row 0 seeds the initial draws, row ``j >= 1`` scan step ``j``. Derived once, outside the
@@ -83,6 +85,9 @@ def _step_keys(key, offset, b: int, num_ops: int):
     ops = jnp.repeat(jnp.arange(num_ops, dtype=jnp.int32), b)
     flat = jax.vmap(jax.random.fold_in)(jnp.tile(ex_keys, num_ops), ops)
     return flat.reshape(num_ops, b)
+
+
+_step_keys = jax.jit(_keys, static_argnums=(2, 3))
 
 
 def _normals(keys, count: int, shape, dtype) -> list[jax.Array]:
@@ -100,10 +105,7 @@ def _normals(keys, count: int, shape, dtype) -> list[jax.Array]:
     return [z[:, i] for i in range(count)]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init_carry(static, keys, x_T, alpha0, sigma0, mask, known) -> _Carry:
-    # Compiled per (shape, dtype, inpainting, state size, records) only, so that solvers and
-    # models that share a batch shape share this compile (threefry is slow to compile).
+def _init_carry_body(static, keys, x_T, alpha0, sigma0, mask, known) -> _Carry:
     chunk_shape, dtype, inpaint, state_size, num_records = static
     draws = _normals(keys, int(x_T is None) + int(inpaint), chunk_shape[1:], dtype)
     if x_T is None:
@@ -114,6 +116,11 @@ def _init_carry(static, keys, x_T, alpha0, sigma0, mask, known) -> _Carry:
         x = jnp.where(mask, alpha0 * known + sigma0 * draws.pop(0), x)
     state = tuple(jnp.zeros_like(x) for _ in range(state_size))
     return _Carry(x, state, jnp.zeros((num_records, *chunk_shape), dtype))
+
+
+# Compiled per (shape, dtype, inpainting, state size, records) only, so that solvers and models
+# that share a batch shape share this compile (threefry is slow to compile).
+_init_carry = jax.jit(_init_carry_body, static_argnums=0)
 
 
 def _denoise(cfg: _Config, params, x, op, labels, w):
@@ -130,14 +137,77 @@ def _denoise(cfg: _Config, params, x, op, labels, w):
                          cfg.prediction, cfg.clip_x0)  # fmt: skip
 
 
-def _run_ops(cfg: _Config, *args):
-    """:func:`_run_ops_body` compiled for the default backend (:mod:`jaxdiff.xla_options`)."""
-    return _run_ops_compiled(jax.default_backend())(cfg, *args)
+def _run_ops(cfg: _Config, mesh: Mesh | None, *args):
+    """:func:`_run_ops_body` compiled for the default backend (:mod:`jaxdiff.xla_options`), on
+    one device or split over ``mesh`` (see :class:`_PerDevice`)."""
+    return _run_ops_compiled(jax.default_backend(), mesh)(cfg, *args)
 
 
 @functools.cache
-def _run_ops_compiled(platform: str):
-    return xla_jit(_run_ops_body, platform=platform, static_argnums=0)
+def _run_ops_compiled(platform: str, mesh: Mesh | None):
+    body = _run_ops_body if mesh is None else _PerDevice(mesh).run_ops
+    return xla_jit(body, platform=platform, static_argnums=0)
+
+
+# Partition specs of the per-device loop: the example axis of every batch-shaped array is split
+# over the mesh's "data" axis; the plan, the parameters and the guidance weight are replicated.
+_EX = PartitionSpec(DATA_AXIS)  # (b, ...): labels, mask, known, x and the solver's state
+_ROWS_EX = PartitionSpec(None, DATA_AXIS)  # (rows, b, ...): keys, the trajectory
+_REP = PartitionSpec()
+_CARRY = _Carry(_EX, _EX, _ROWS_EX)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PerDevice:
+    """The loop's functions split over ``mesh``'s ``"data"`` axis with ``jax.shard_map``.
+
+    Every computation of the sampler is per example (the network, the solver step, the draws
+    from per-example keys), so each device runs the single-device body on its ``b / n``
+    examples, with the same keys as in an unsplit run, and the devices never communicate.
+    Shapes given as ``static`` / ``cfg`` are the whole chunk's; the bodies see their share.
+    """
+
+    mesh: Mesh
+
+    def _local(self, chunk_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (chunk_shape[0] // self.mesh.shape[DATA_AXIS], *chunk_shape[1:])
+
+    def _map(self, fun, in_specs, out_specs):
+        return jax.shard_map(fun, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
+                             check_vma=False)  # fmt: skip
+
+    def step_keys(self, key, offset, b: int, num_ops: int):
+        b_local = b // self.mesh.shape[DATA_AXIS]
+
+        def local(key, offset):
+            start = offset + jax.lax.axis_index(DATA_AXIS).astype(jnp.int32) * b_local
+            return _keys(key, start, b_local, num_ops)
+
+        return self._map(local, (_REP, _REP), _ROWS_EX)(key, offset)
+
+    def init_carry(self, static, keys, x_T, alpha0, sigma0, mask, known) -> _Carry:
+        local_static = (self._local(static[0]), *static[1:])
+        fun = functools.partial(_init_carry_body, local_static)
+        specs = (_EX, _EX, _REP, _REP, _EX, _EX)
+        return self._map(fun, specs, _CARRY)(keys, x_T, alpha0, sigma0, mask, known)
+
+    def run_ops(self, cfg: _Config, params, ops, coefs, carry, keys, labels, mask, known, w):
+        local_cfg = dataclasses.replace(cfg, chunk_shape=self._local(cfg.chunk_shape))
+        fun = functools.partial(_run_ops_body, local_cfg)
+        specs = (_REP, _REP, _REP, _CARRY, _ROWS_EX, _EX, _EX, _EX, _REP)
+        return self._map(fun, specs, _CARRY)(
+            params, ops, coefs, carry, keys, labels, mask, known, w
+        )
+
+
+@functools.cache
+def _per_device_fns(mesh: Mesh):
+    """The compiled key derivation and initial state on ``mesh`` (cached per mesh)."""
+    per = _PerDevice(mesh)
+    return (
+        jax.jit(per.step_keys, static_argnums=(2, 3)),
+        jax.jit(per.init_carry, static_argnums=0),
+    )
 
 
 def _run_ops_body(cfg: _Config, params, ops, coefs, carry, keys, labels, mask, known, w):
@@ -176,7 +246,11 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
     """Run ``plan`` over the batch in chunks (arguments validated and laid out by
     :func:`jaxdiff.samplers.sample`; ``ops`` and ``coefs`` are the plan's arrays on device)."""
     batch = opts.shape[0]
+    mesh = opts.mesh
     b = batch if opts.chunk_size is None else min(opts.chunk_size, batch)
+    if mesh is not None:  # every device gets the same number of examples
+        n = mesh.shape[DATA_AXIS]
+        b = -(-b // n) * n
     num_chunks = -(-batch // b)
     padded = num_chunks * b
 
@@ -219,29 +293,43 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
     state_size = len(jax.eval_shape(solver.init, jax.ShapeDtypeStruct(cfg.chunk_shape, dtype)))
     static = (cfg.chunk_shape, dtype, cfg.inpaint, state_size, cfg.num_records)
     alpha0, sigma0 = ops["alpha_eval"][0], ops["sigma_eval"][0]
+    key = arrays.key
+    step_keys, init_carry = _step_keys, _init_carry
+    if mesh is not None:
+        # Whole values in every process -> global arrays on the mesh: the batch-shaped ones split
+        # over "data", the rest replicated (keys travel as their raw uint32 data).
+        rep = replicated_sharding(mesh)
+        params, segments, w, alpha0, sigma0 = place((params, segments, w, alpha0, sigma0), rep)
+        key = jax.random.wrap_key_data(place(jax.random.key_data(key), rep))
+        step_keys, init_carry = _per_device_fns(mesh)
 
     def part(a, c):
-        return None if a is None else a[c * b : (c + 1) * b]
+        if a is None:
+            return None
+        a = a[c * b : (c + 1) * b]
+        return a if mesh is None else place(a, batch_sharding(mesh))
 
     samples, trajs = [], []
     for c in range(num_chunks):
         keys = None
         if needs_keys:
             rows = 1 << L.bit_length() if noisy else 1  # 1: x_T only
-            keys = _step_keys(arrays.key, jnp.asarray(c * b, jnp.int32), b, rows)
-        carry = _init_carry(static, None if keys is None else keys[0], part(x_T, c), alpha0,
-                            sigma0, part(mask, c), part(known, c))  # fmt: skip
+            keys = step_keys(key, np.int32(c * b), b, rows)
+        c_labels, c_mask, c_known = part(labels, c), part(mask, c), part(known, c)
+        carry = init_carry(static, None if keys is None else keys[0], part(x_T, c), alpha0,
+                            sigma0, c_mask, c_known)  # fmt: skip
         for (s, e), (seg_ops, seg_coefs) in zip(bounds, segments, strict=True):
             carry = _run_ops(
                 cfg,
+                mesh,
                 params,
                 seg_ops,
                 seg_coefs,
                 carry,
                 None if keys is None or len(keys) == 1 else keys[1 + s : 1 + e],
-                part(labels, c),
-                part(mask, c),
-                part(known, c),
+                c_labels,
+                c_mask,
+                c_known,
                 w,
             )
         samples.append(carry.x)
@@ -250,4 +338,6 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
         x, traj = samples[0], trajs[0]
     else:
         x, traj = jnp.concatenate(samples), jnp.concatenate(trajs, axis=1)
+    if padded == batch:
+        return SampleResult(x, traj)
     return SampleResult(x[:batch], traj[:, :batch])
