@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 from jaxdiff.accelerator import unused_gpu_message
 from jaxdiff.data import DataNotFoundError
 from jaxdiff.sharding import initialize_distributed
-from jaxdiff.xla_options import enable_compilation_cache
+from jaxdiff.xla_options import enable_compilation_cache, enable_deterministic_ops
 
 C = TypeVar("C")
 
@@ -55,12 +55,18 @@ class RunFlags:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedRunFlags(RunFlags):
-    """:class:`RunFlags` and ``--distributed`` (:func:`run_main` joins the processes)."""
+    """:class:`RunFlags`, ``--distributed`` (:func:`run_main` joins the processes) and
+    ``--deterministic`` (:func:`run_main` turns on XLA's deterministic GPU ops)."""
 
     distributed: bool = field(
         False,
         "join a multi-process run (jax.distributed: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
         "JAX_PROCESS_ID, or the cluster's own variables); every process runs the same command",
+    )
+    deterministic: bool = field(
+        False,
+        "bitwise-reproducible GPU runs: XLA's deterministic ops (--xla_gpu_deterministic_ops; "
+        "slower); CPU runs are deterministic without it",
     )
 
 
@@ -205,7 +211,9 @@ def run_main(
     (a refused ``--out``, a missing ``--checkpoint``) also print the usage, errors about data do
     not. Anything else is a bug and keeps its traceback.
 
-    A config with ``distributed=True`` (``--distributed``) first joins the multi-process run
+    A config with ``deterministic=True`` (``--deterministic``) first adds XLA's deterministic
+    GPU ops to ``XLA_FLAGS`` (:func:`jaxdiff.xla_options.enable_deterministic_ops`); one with
+    ``distributed=True`` (``--distributed``) then joins the multi-process run
     (:func:`jaxdiff.sharding.initialize_distributed`: ``JAX_COORDINATOR_ADDRESS``,
     ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` or the cluster's own variables). Before ``main``
     starts, a visible NVIDIA GPU that JAX does not use gets one warning line with
@@ -214,6 +222,8 @@ def run_main(
     """
     parser = build_parser(cls, prog=prog)
     config = _parse(parser, cls, argv)
+    if getattr(config, "deterministic", False):  # read by XLA when the backend starts
+        enable_deterministic_ops()
     if getattr(config, "distributed", False):  # before anything starts JAX's backend
         initialize_distributed()
     enable_compilation_cache()

@@ -25,10 +25,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["YNN_FLAG", "compiler_options", "enable_compilation_cache", "jit"]
+__all__ = [
+    "DETERMINISTIC_FLAG",
+    "YNN_FLAG",
+    "compiler_options",
+    "enable_compilation_cache",
+    "enable_deterministic_ops",
+    "jit",
+]
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CPU_OPTIONS = {YNN_FLAG: ""}  # an empty list of fusion types: YNNPACK does nothing
+DETERMINISTIC_FLAG = "xla_gpu_deterministic_ops"
 
 
 @functools.cache
@@ -88,3 +96,34 @@ def enable_compilation_cache(
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     return folder
+
+
+def enable_deterministic_ops() -> str:
+    """Make every GPU program of this process bitwise reproducible: XLA's deterministic ops.
+
+    Adds ``--xla_gpu_deterministic_ops=true`` to ``XLA_FLAGS`` (unless it names the flag
+    already): XLA:GPU then picks only deterministic cuDNN/cuBLAS algorithms and sorts instead of
+    using atomics, so a rerun with the same seed gives the same bits, at some cost in speed.
+    CPU programs are deterministic without it and ignore it. It is a process-wide setting
+    that XLA reads once, when JAX starts its backend: call it first thing, before any
+    computation (the experiments' ``--deterministic`` does).
+
+    Returns:
+      the ``XLA_FLAGS`` value now in effect.
+
+    Raises:
+      RuntimeError: JAX's backend has already started (the flag would be ignored).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC_FLAG in flags:
+        return flags
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            "enable_deterministic_ops() was called after JAX started its backend, so XLA would "
+            "ignore it; call it before any JAX computation, or start the process with "
+            f"XLA_FLAGS=--{DETERMINISTIC_FLAG}=true"
+        )
+    os.environ["XLA_FLAGS"] = f"{flags} --{DETERMINISTIC_FLAG}=true".strip()
+    return os.environ["XLA_FLAGS"]

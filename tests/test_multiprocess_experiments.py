@@ -5,7 +5,9 @@
 then resumed to 30 the same way; the reference is one uninterrupted process with 2 forced host
 devices and the same global batch. The per-step losses and the samples must agree: each process
 feeds its half of every batch, process 0 alone writes files, the others wait until the run folder
-is ready, and the checkpoint written by the two processes resumes exactly.
+is ready, the checkpoint written by the two processes resumes exactly, and the final samples are
+split over both processes' devices. ``python -m experiments.mnist --distributed`` (tiny model, a
+class-conditional run of 6 steps with progress grids and guided samples) is checked the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +22,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--num-points", "256", "--batch-size", "32", "--hidden", "16", "--num-timesteps", "20",
+# A class-conditional run (guided samples, progress grids) of the tiny U-Net, 6 steps of 8.
+MNIST = [
+    "experiments.mnist", "--model", "tiny", "--train-steps", "6", "--batch-size", "8",
+    "--train-limit", "64", "--num-samples", "12", "--sample-every", "3",
+    "--checkpoint-every", "3", "--sample-steps", "4", "--num-timesteps", "40",
+    "--steps-per-call", "3", "--no-evaluate", "--no-progress",
+]  # fmt: skip
+TOY2D = [
+    "experiments.toy2d", "--num-points", "256", "--batch-size", "32", "--hidden", "16", "--num-timesteps", "20",
     "--beta-end", "0.5", "--num-samples", "64", "--steps-per-call", "10",
     "--checkpoint-every", "10", "--gif-frames", "2", "--no-evaluate", "--no-progress",
 ]  # fmt: skip
@@ -44,22 +53,22 @@ def _env(tmp: Path, devices: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _toy2d(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python -m experiments.NAME ...`` (``args[0]`` is the module) in the background."""
     with open(log, "w") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "experiments.toy2d", *TINY, *args],
-            cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
+        )
 
 
 def _launch_two(tmp: Path, args: list[str], tag: str, outs=None) -> list[subprocess.Popen]:
-    """Processes 0 and 1 of one ``jax.distributed`` run of ``experiments.toy2d`` (``outs``:
-    a different ``--out`` for each process, else ``args`` names it)."""
+    """Processes 0 and 1 of one ``jax.distributed`` run of ``args`` (module and flags;
+    ``outs``: a different ``--out`` for each process, else ``args`` names it)."""
     port = _free_port()
     coordinator = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
     return [
-        _toy2d(
-            ["--distributed", *args, *(["--out", str(outs[i])] if outs else [])],
+        _start(
+            [*args, "--distributed", *(["--out", str(outs[i])] if outs else [])],
             _env(tmp, 1, JAX_PROCESS_ID=str(i), **coordinator),
             tmp / f"{tag}-{i}.log",
         )
@@ -73,7 +82,7 @@ def _run_two_processes(tmp: Path, args: list[str], tag: str) -> None:
 
 
 def _run_one_process(tmp: Path, args: list[str], tag: str) -> None:
-    proc = _toy2d(args, _env(tmp, 2), tmp / f"{tag}.log")
+    proc = _start(args, _env(tmp, 2), tmp / f"{tag}.log")
     assert proc.wait(timeout=600) == 0, (tmp / f"{tag}.log").read_text()[-3000:]
 
 
@@ -84,9 +93,14 @@ def _losses(run: Path) -> np.ndarray:
 
 def test_toy2d_as_two_processes_equals_one_process_and_resumes(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    _run_two_processes(tmp_path, ["--train-steps", "20", "--out", str(two)], "two-20")
-    _run_two_processes(tmp_path, ["--train-steps", "30", "--resume", "--out", str(two)], "two-30")
-    _run_one_process(tmp_path, ["--train-steps", "30", "--out", str(one)], "one-30")
+    _run_two_processes(tmp_path, [*TOY2D, "--train-steps", "20", "--out", str(two)], "two-20")
+    _run_two_processes(
+        tmp_path, [*TOY2D, "--train-steps", "30", "--resume", "--out", str(two)], "two-30"
+    )
+    # The reference also checks that --deterministic (XLA's GPU flag) runs, unchanged, on a CPU.
+    _run_one_process(
+        tmp_path, [*TOY2D, "--train-steps", "30", "--deterministic", "--out", str(one)], "one-30"
+    )
     losses = _losses(two)
     assert len(losses) == 30  # every step logged once, by process 0 only, across the resume
     np.testing.assert_allclose(losses, _losses(one), rtol=1e-6)
@@ -103,9 +117,23 @@ def test_an_out_folder_one_process_cannot_see_stops_every_process(tmp_path):
     """Two processes given different --out folders stand for hosts without a shared file
     system: both stop before training, with the same one-line error naming the blind process."""
     outs = [tmp_path / "host0", tmp_path / "host1"]
-    procs = _launch_two(tmp_path, ["--train-steps", "10"], "blind", outs=outs)
+    procs = _launch_two(tmp_path, [*TOY2D, "--train-steps", "10"], "blind", outs=outs)
     for i, proc in enumerate(procs):
         assert proc.wait(timeout=600) == 2, (tmp_path / f"blind-{i}.log").read_text()[-3000:]
         log = (tmp_path / f"blind-{i}.log").read_text()
         assert "is not visible from process(es) [1]" in log and "Traceback" not in log
     assert not (tmp_path / "host0" / "checkpoints").exists()
+
+
+def test_mnist_as_two_processes_equals_one_process(tmp_path, mnist_data_dir):
+    two, one = tmp_path / "two", tmp_path / "one"
+    mnist = [*MNIST, "--data-dir", str(mnist_data_dir)]
+    _run_two_processes(tmp_path, [*mnist, "--out", str(two)], "mnist-two")
+    _run_one_process(tmp_path, [*mnist, "--out", str(one)], "mnist-one")
+    losses = _losses(two)
+    assert len(losses) == 6
+    np.testing.assert_allclose(losses, _losses(one), rtol=1e-6)
+    for name in ("samples.npy", "labels.npy"):  # guided samples, split over both processes
+        np.testing.assert_allclose(np.load(two / name), np.load(one / name), atol=1e-5)
+    grids = sorted(p.name for p in (two / "progress").iterdir())
+    assert grids == sorted(p.name for p in (one / "progress").iterdir()) and len(grids) == 2

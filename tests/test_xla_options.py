@@ -118,3 +118,37 @@ def test_the_compilation_cache_keeps_programs_for_the_next_run(tmp_path):
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")  # a user's own setting wins
     mine = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert mine.stdout.strip() == f"{tmp_path / 'mine'} 0"
+
+
+def test_deterministic_ops_must_come_before_the_backend_starts(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    jnp.zeros(()).block_until_ready()  # this process's backend is running
+    with pytest.raises(RuntimeError, match="before any JAX computation"):
+        xla_options.enable_deterministic_ops()
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+    # Named already (by the user): nothing to do, no error.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=true")
+    assert xla_options.enable_deterministic_ops() == "--xla_gpu_deterministic_ops=true"
+
+
+@pytest.mark.parametrize("flag_name", [xla_options.DETERMINISTIC_FLAG, "xla_gpu_determinstic_ops"])
+def test_xla_knows_the_deterministic_flag(flag_name):
+    """XLA aborts at backend start on a flag it does not know (the misspelt one here), so a
+    clean run means this jaxlib reads the flag that enable_deterministic_ops sets."""
+    code = (
+        "import os\n"
+        "from jaxdiff import xla_options\n"
+        f"xla_options.DETERMINISTIC_FLAG = {flag_name!r}\n"
+        "flags = xla_options.enable_deterministic_ops()\n"
+        "import jax.numpy as jnp\n"
+        "print(flags, float(jnp.ones(3).sum()))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    if flag_name == xla_options.DETERMINISTIC_FLAG:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == [f"--{flag_name}=true", "3.0"]
+    else:
+        assert result.returncode != 0 and "Unknown flag" in result.stderr, result.stderr[-2000:]

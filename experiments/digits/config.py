@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from experiments._cli import RunFlags, field
+from experiments._cli import DistributedRunFlags, field
 from experiments._common import check_at_least
 from jaxdiff import data as jdata
 from jaxdiff.runs import ModelSpec
@@ -26,7 +26,7 @@ MODELS = {"improved": "improved_denoiser_8x8", "small": "unet_small_8x8", "tiny"
 
 
 @dataclasses.dataclass(frozen=True)
-class DigitsConfig(RunFlags):
+class DigitsConfig(DistributedRunFlags):
     """Configuration of ``python -m experiments.digits`` (flags: ``--epochs 10`` ...)."""
 
     out: str = field("runs/digits", "output directory (config, metrics, samples, figures, ckpts)")
@@ -91,6 +91,7 @@ class DigitsConfig(RunFlags):
 RESUMABLE = (
     "epochs", "train_steps", "sampler", "sample_steps", "num_samples", "evaluate", "cache_dir",
     "resume", "overwrite", "progress", "keep_checkpoints", "checkpoint_every", "steps_per_call",
+    "distributed", "deterministic",
 )  # fmt: skip
 
 #: Timesteps of the forward-process figure (of T = 1000; scaled to other T).

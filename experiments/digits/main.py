@@ -70,7 +70,8 @@ def main(config: DigitsConfig) -> dict:
         )  # fmt: skip
     del data
 
-    final = report.final_samples(config, apply, eval_params(state), schedule, key)
+    # Samples from the EMA weights, split over every device; the main process writes.
+    final = report.final_samples(config, apply, eval_params(state), schedule, key, trainer.mesh)
     metrics: dict = {
         "model": config.model,
         "parameters": n_params,

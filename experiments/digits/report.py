@@ -22,6 +22,7 @@ from jaxdiff.forward import q_sample
 from jaxdiff.outputs import write_report
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import make_schedule
+from jaxdiff.sharding import gather
 
 
 def forward_figures(out: Path, schedule, images: np.ndarray, key) -> None:
@@ -42,8 +43,9 @@ def forward_figures(out: Path, schedule, images: np.ndarray, key) -> None:
     )
 
 
-def final_samples(config: DigitsConfig, apply, params, schedule, key) -> dict:
-    """``num_samples`` EMA samples with their reverse process at (up to) 40 steps."""
+def final_samples(config: DigitsConfig, apply, params, schedule, key, mesh) -> dict:
+    """``num_samples`` EMA samples with their reverse process at (up to) 40 steps, sampled over
+    ``mesh``'s devices (all processes' in a multi-process run), in every process."""
     ts, t_next = step_sequence(schedule, config.sampler, config.sample_steps)
     n_steps = len(ts)
     # 8x8 images are small: recording every sample's states costs ~10 MB for 1000 samples.
@@ -52,12 +54,12 @@ def final_samples(config: DigitsConfig, apply, params, schedule, key) -> dict:
     result = sample(
         apply, params, schedule, (config.num_samples, 8, 8, 1), jax.random.fold_in(key, 3),
         sampler=config.sampler, steps=config.sample_steps, clip_x0=1.0, record=record,
-        chunk_size=250,
+        chunk_size=250, mesh=mesh,
     )  # fmt: skip
-    samples = np.clip(np.asarray(jax.device_get(result.samples), np.float32), 0.0, 1.0)
+    samples, trajectory = gather((result.samples, result.trajectory))
     return {
-        "samples": samples,
-        "trajectory": np.asarray(jax.device_get(result.trajectory[:, :40]), np.float32),
+        "samples": np.clip(samples.astype(np.float32), 0.0, 1.0),
+        "trajectory": trajectory[:, :40].astype(np.float32),
         "trajectory_t": [int(t_next[j]) for j in record],
         "seconds": time.perf_counter() - t0,
         "steps": n_steps,

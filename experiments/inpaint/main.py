@@ -17,6 +17,7 @@ from jaxdiff.models import count_params
 from jaxdiff.outputs import write_json
 from jaxdiff.runs import load_run
 from jaxdiff.samplers import sample
+from jaxdiff.sharding import make_mesh
 
 
 def main(config: InpaintConfig) -> dict:
@@ -66,6 +67,7 @@ def main(config: InpaintConfig) -> dict:
         num_classes=run.num_classes, guidance_scale=guidance, mask=masks, known=known,
         resample_jumps=config.resample_jumps, jump_length=config.jump_length,
         prediction=run.spec.train.prediction, clip_x0=1.0, chunk_size=250,
+        mesh=make_mesh(),  # the batch split over all devices
     )  # fmt: skip
     raw = np.asarray(jax.device_get(result.samples))
     sample_seconds = time.perf_counter() - t0

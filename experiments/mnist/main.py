@@ -26,7 +26,7 @@ from jaxdiff.loop import steps_per_second
 from jaxdiff.models import count_params
 from jaxdiff.outputs import read_metrics, write_json
 from jaxdiff.runs import SPEC_KEY
-from jaxdiff.sharding import is_main_process, local_copy
+from jaxdiff.sharding import is_main_process
 from jaxdiff.train import Trainer, eval_params
 
 
@@ -76,7 +76,9 @@ def main(config: MnistConfig) -> dict:
         if is_main_process():
             report.forward_figures(out, schedule, images, key)
         data = trainer.put_data({"x": images, "labels": labels} if num_classes else {"x": images})
-        grid = progress_grid_hook(config, apply, schedule, images.shape[1:], key, num_classes, out)
+        grid = progress_grid_hook(
+            config, apply, schedule, images.shape[1:], key, num_classes, out, trainer.mesh
+        )
         hooks = [(config.sample_every, grid)] if config.sample_every else []
         state, records, train_seconds = train(
             trainer, state, data, config=config, out=out, ckpt=ckpt, cfg_dict=cfg_dict,
@@ -84,9 +86,11 @@ def main(config: MnistConfig) -> dict:
         )  # fmt: skip
     del data
 
-    # Final samples (EMA parameters), figures, evaluation, report: process 0 writes the files.
-    params = local_copy(eval_params(state))
-    final = final_samples(config, apply, params, schedule, images.shape[1:], key, num_classes)
+    # Final samples (EMA parameters) split over every device; process 0 writes the files.
+    params = eval_params(state)
+    final = final_samples(
+        config, apply, params, schedule, images.shape[1:], key, num_classes, trainer.mesh
+    )
     metrics: dict = {
         "train_steps": config.train_steps,
         "batch_size": config.batch_size,

@@ -13,7 +13,7 @@ import numpy as np
 from jaxdiff import data as jdata
 from jaxdiff import plotting
 from jaxdiff.samplers import sample, step_sequence
-from jaxdiff.sharding import is_main_process, local_copy
+from jaxdiff.sharding import gather, is_main_process
 from jaxdiff.train import eval_params
 
 SAMPLE_CHUNK = 250  # samples per compiled sampling call (bounds memory)
@@ -35,9 +35,11 @@ def _options(config, num_classes: int | None) -> dict:
     )
 
 
-def progress_grid_hook(config, apply, schedule, shape, key, num_classes, out: Path) -> Callable:
+def progress_grid_hook(
+    config, apply, schedule, shape, key, num_classes, out: Path, mesh
+) -> Callable:
     """``hook(step, state)`` that saves ``out/progress/samples_STEP.png`` from the EMA weights
-    (class-conditional: 60 samples, one column per digit).
+    (class-conditional: 60 samples, one column per digit), sampled over ``mesh``'s devices.
 
     The grid uses the final sampler's settings (so both share one compiled loop when the shapes
     agree), except that DDPM over more than 100 steps is cut to 25.
@@ -53,13 +55,14 @@ def progress_grid_hook(config, apply, schedule, shape, key, num_classes, out: Pa
 
     def hook(step: int, state) -> None:
         result = sample(
-            apply, local_copy(eval_params(state)), schedule, (n, *shape),
-            jax.random.fold_in(key, 2), labels=labels, chunk_size=SAMPLE_CHUNK, **options,
+            apply, eval_params(state), schedule, (n, *shape), jax.random.fold_in(key, 2),
+            labels=labels, chunk_size=SAMPLE_CHUNK, mesh=mesh, **options,
         )  # fmt: skip
+        images = to_images(gather(result.samples))  # every process takes part
         if is_main_process():
             plotting.save_image_grid(
                 out / "progress" / f"samples_{step:07d}.png",
-                to_images(result.samples),
+                images,
                 ncols=ncols,
                 title=f"EMA samples after {step} steps",
             )
@@ -67,10 +70,12 @@ def progress_grid_hook(config, apply, schedule, shape, key, num_classes, out: Pa
     return hook
 
 
-def final_samples(config, apply, params, schedule, shape, key, num_classes) -> dict:
+def final_samples(config, apply, params, schedule, shape, key, num_classes, mesh) -> dict:
     """``config.num_samples`` samples (labels cycling 0-9 when conditional) and the reverse
     process of the first 10 (or all, if fewer): ``{"samples", "labels", "trajectory",
-    "trajectory_t", "seconds", "steps"}``, images float32 in [0, 1]."""
+    "trajectory_t", "seconds", "steps"}``, images float32 in [0, 1], in every process.
+
+    The batch is split over ``mesh``'s devices (all processes' in a multi-process run)."""
     n = config.num_samples
     labels = (np.arange(n) % 10).astype(np.int32) if num_classes else None
     options = _options(config, num_classes)
@@ -81,9 +86,9 @@ def final_samples(config, apply, params, schedule, shape, key, num_classes) -> d
     result = sample(
         apply, params, schedule, (n, *shape), sample_key,
         labels=None if labels is None else jnp.asarray(labels), chunk_size=SAMPLE_CHUNK,
-        **options,
+        mesh=mesh, **options,
     )  # fmt: skip
-    samples = to_images(result.samples)
+    samples = to_images(gather(result.samples))
     seconds = time.perf_counter() - t0
     # Sample n depends only on (key, n), so these equal samples[:few]. At most 40 recorded steps
     # keep the figure and the GIF small.
@@ -91,12 +96,13 @@ def final_samples(config, apply, params, schedule, shape, key, num_classes) -> d
     record = sorted(set(np.linspace(0, n_steps - 1, min(n_steps, 40)).round().astype(int)))
     traced = sample(
         apply, params, schedule, (few, *shape), sample_key,
-        labels=None if labels is None else jnp.asarray(labels[:few]), record=record, **options,
+        labels=None if labels is None else jnp.asarray(labels[:few]), record=record, mesh=mesh,
+        **options,
     )  # fmt: skip
     return {
         "samples": samples,
         "labels": labels,
-        "trajectory": to_images(traced.trajectory),
+        "trajectory": to_images(gather(traced.trajectory)),
         "trajectory_t": [int(t_next[j]) for j in record],
         "seconds": seconds,
         "steps": n_steps,

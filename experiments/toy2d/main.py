@@ -36,7 +36,7 @@ from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import steps_per_second
 from jaxdiff.models import ConditionalMLP, count_params, split_model
 from jaxdiff.outputs import read_metrics, write_json
-from jaxdiff.sharding import is_main_process, local_copy
+from jaxdiff.sharding import is_main_process
 from jaxdiff.train import Trainer, eval_params
 
 
@@ -94,8 +94,8 @@ def main(config: Toy2dConfig) -> dict:
             restored=restored,
         )  # fmt: skip
 
-    # Samples from the EMA weights; every process samples, the main process writes.
-    final = final_samples(config, apply, local_copy(eval_params(state)), schedule, dim, key)
+    # Samples from the EMA weights, split over every device; the main process writes.
+    final = final_samples(config, apply, eval_params(state), schedule, dim, key, trainer.mesh)
     samples = final["samples"]
     metrics: dict = {
         "dataset": config.dataset,

@@ -10,6 +10,7 @@ import numpy as np
 from experiments.toy2d.config import SCATTER_FRAMES, Toy2dConfig
 from jaxdiff.samplers import sample, step_sequence
 from jaxdiff.schedules import Schedule
+from jaxdiff.sharding import gather
 
 
 def evenly(n: int, k: int) -> list[int]:
@@ -17,8 +18,11 @@ def evenly(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, min(n, k)).round()})
 
 
-def final_samples(config: Toy2dConfig, apply, params, schedule: Schedule, dim: int, key) -> dict:
-    """``num_samples`` points from the EMA model, with the states for the figures and the GIF.
+def final_samples(
+    config: Toy2dConfig, apply, params, schedule: Schedule, dim: int, key, mesh
+) -> dict:
+    """``num_samples`` points from the EMA model, with the states for the figures and the GIF,
+    sampled over ``mesh``'s devices (all processes' in a multi-process run), in every process.
 
     Returns ``samples`` (float32 ``(N, D)``), ``seconds`` and ``steps`` of the sampler, and
     ``scatter`` and ``gif``: each ``(states, timestep labels)``, from x_T to x_0.
@@ -43,11 +47,12 @@ def final_samples(config: Toy2dConfig, apply, params, schedule: Schedule, dim: i
         x_T=x_T,
         record=record,
         steps_per_call=None,  # one scan: an MLP runs fine in a rolled loop
+        mesh=mesh,
     )
-    samples = np.asarray(jax.device_get(result.samples), np.float32)
+    samples, traj = gather((result.samples, result.trajectory))
+    samples, traj = samples.astype(np.float32), traj.astype(np.float32)
     seconds = time.perf_counter() - t0
     states = {0: np.asarray(x_T, np.float32)}
-    traj = np.asarray(jax.device_get(result.trajectory), np.float32)
     for j, r in enumerate(record):
         states[r + 1] = traj[j]
     labels = {0: int(ts[0])} | {r + 1: int(t_next[r]) for r in record}
