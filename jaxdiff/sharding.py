@@ -14,8 +14,7 @@ each process then feeds only its slice of the global batch (:func:`shard_batch` 
 - :func:`shard_batch`, :func:`place`, :func:`replicate`: host arrays -> global ``jax.Array``;
   :func:`gather`: global ``jax.Array`` -> the whole NumPy array in every process
 - :func:`initialize_distributed`, :func:`is_main_process`, :func:`process_index`,
-  :func:`process_count`, :func:`main_process_succeeded`, :func:`processes_without`,
-  :func:`local_copy`
+  :func:`process_count`, :func:`main_process_succeeded`, :func:`processes_without`
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ __all__ = [
     "gather",
     "initialize_distributed",
     "is_main_process",
-    "local_copy",
     "main_process_succeeded",
     "make_mesh",
     "place",
@@ -139,30 +137,6 @@ def processes_without(ok: bool) -> list[int]:
     return [int(i) for i in np.flatnonzero(flags.reshape(-1) == 0)]
 
 
-def local_copy(tree: PyTree) -> PyTree:
-    """Fully replicated global arrays as this process's own copies (the tree as it is in a
-    single-process run).
-
-    A computation that each process runs by itself, such as sampling from the trained
-    parameters in every process, must not mix arrays that span all hosts with arrays of this
-    process; the copy lives on this process's first device.
-    """
-    if jax.process_count() == 1:
-        return tree
-
-    def local(leaf):
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            if not leaf.is_fully_replicated:
-                raise ValueError(
-                    f"local_copy needs fully replicated arrays; got one sharded as "
-                    f"{leaf.sharding}. Gather it first (jax.experimental.multihost_utils)."
-                )
-            return jax.device_put(leaf.addressable_data(0), jax.local_devices()[0])
-        return leaf
-
-    return jax.tree_util.tree_map(local, tree)
-
-
 # --------------------------------------------------------------------------------------------------
 # Mesh and shardings
 # --------------------------------------------------------------------------------------------------
@@ -238,7 +212,7 @@ def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
     Unlike :func:`shard_batch`, where each process passes its own slice, here every process holds
     the full value (a sampler's labels, a mask, a replicated parameter tree) and only the pieces
     ``sharding`` assigns to this process's devices are copied; no data crosses hosts. Leaves that
-    already have ``sharding`` are kept as they are; global arrays with another sharding are
+    already have ``sharding`` itself are kept as they are; global arrays with another sharding are
     resharded; NumPy arrays and this process's own ``jax.Array`` are copied in.
 
     Args:
@@ -252,8 +226,8 @@ def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
 
     def put(leaf):
         if isinstance(leaf, jax.Array):
-            if leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
-                return leaf
+            if leaf.sharding == sharding:  # (an equivalent one-device sharding is not enough:
+                return leaf  # jit would compile again for its different type)
             if jax.process_count() == 1 or not leaf.is_fully_addressable:
                 return jax.device_put(leaf, sharding)
         host = np.asarray(leaf)

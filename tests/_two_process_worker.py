@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 NUM_CLASSES = 3
@@ -185,12 +186,15 @@ def sample_all(apply, params, schedule, mesh=None):
     as NumPy (gathered from every process when ``mesh`` spans several)."""
     from jaxdiff import sharding
     from jaxdiff.samplers import sample
+    from jaxdiff.schedules import TerminalSignalWarning
 
     out = {}
-    for name, kwargs in sample_cases().items():
-        result = sample(apply, params, schedule, (13, DIM), _jax().random.key(7), mesh=mesh,
-                        **kwargs)  # fmt: skip
-        out[f"{name}_samples"], out[f"{name}_trajectory"] = sharding.gather(tuple(result))
+    with warnings.catch_warnings():  # the 50-step training schedule keeps signal at its end
+        warnings.simplefilter("ignore", TerminalSignalWarning)
+        for name, kwargs in sample_cases().items():
+            result = sample(apply, params, schedule, (13, DIM), _jax().random.key(7), mesh=mesh,
+                            **kwargs)  # fmt: skip
+            out[f"{name}_samples"], out[f"{name}_trajectory"] = sharding.gather(tuple(result))
     return out
 
 

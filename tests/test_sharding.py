@@ -218,6 +218,13 @@ def test_single_process_helpers():
         sharding.shard_batch({"x": np.ones((4, 3)), "labels": np.ones(5)}, mesh)
     with pytest.raises(ValueError, match="empty"):
         sharding.make_mesh([])
+    # place: whole values onto a sharding; a leaf already there is kept, not copied.
+    rep = sharding.replicated_sharding(mesh)
+    placed = sharding.place({"a": np.arange(3.0), "b": placed["x"]}, rep)
+    assert placed["a"].sharding.is_equivalent_to(rep, 1)
+    assert sharding.place(placed, rep)["a"] is placed["a"]
+    whole = sharding.gather(placed)
+    assert isinstance(whole["a"], np.ndarray) and whole["a"].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_initialize_distributed_validates_ids():

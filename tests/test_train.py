@@ -142,6 +142,8 @@ def test_batch_draw_table_equals_cond_bitwise(model, schedule, mesh1):
         for _ in range(5):
             state, _ = trainer.steps_on_data(state, on_device, 8)
         states[draw] = state
+        # One compile for every call: the fresh state has the same type as a step's output.
+        assert trainer._data_steps[(8, 4)]._cache_size() == 1
     assert int(states["table"].step) == 20
     for a, b in zip(_leaves(states["cond"]), _leaves(states["table"]), strict=True):
         np.testing.assert_array_equal(a, b)
