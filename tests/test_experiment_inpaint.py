@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiny_runs import MNIST_TINY
 
 from experiments import inpaint, mnist
 from experiments._cli import parse_config, run_main
@@ -18,14 +19,10 @@ from jaxdiff.outputs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The smallest MNIST run that leaves a checkpoint: XLA:CPU compile time is what it spends.
-# Unconditional: without guidance one model call per step, which the counts below assume.
-TINY_MNIST = [
-    "--model", "tiny", "--train-steps", "2", "--batch-size", "8", "--train-limit", "16",
-    "--num-samples", "2", "--sample-every", "0", "--checkpoint-every", "0",
-    "--sample-steps", "2", "--num-timesteps", "20", "--schedule", "cosine",
-    "--steps-per-call", "1", "--no-evaluate", "--no-progress", "--no-class-conditional",
-]  # fmt: skip
+# The checkpoint: the MNIST smoke test's settings cut to 3 steps (one compiled call of K=3), so
+# that both compile the same programs once per session (see _tiny_runs.py). Class-conditional:
+# guided sampling evaluates conditional and null labels in one batched call per step.
+TINY_MNIST = [*MNIST_TINY, "--train-steps", "3"]
 # 2 steps + 1 resampling jump of 1 step = 3 model calls: one compiled chunk of the CPU loop.
 TINY_INPAINT = [
     "--num-images", "2", "--sampler", "ddpm", "--sample-steps", "2", "--resample-jumps", "1",
@@ -74,8 +71,10 @@ def test_inpaint_output_contract_and_exact_known_pixels(tiny_run, mnist_data_dir
         assert per_mask["known_max_abs_diff_samples_npy"] == 0.0
         assert np.isfinite(per_mask["mse_unknown"]) and per_mask["mse_unknown"] > 0
         assert len(per_mask["mse_unknown_per_image"]) == 2
-    assert saved["checkpoint_step"] == 2 and saved["model"] == "tiny"
-    assert saved["sample_steps"] == 2 and saved["model_evaluations_per_image"] == 2 + 1
+    assert saved["checkpoint_step"] == 3 and saved["model"] == "tiny"
+    # (2 steps + 1 jump) x 2: guidance evaluates the conditional and the null label
+    assert saved["sample_steps"] == 2 and saved["model_evaluations_per_image"] == 2 * (2 + 1)
+    assert saved["conditioning"] == "conditioned on the true labels (guidance scale 0.5)"
     records = read_metrics(out / "metrics.jsonl")
     assert [(r["mask"], r["image"]) for r in records] == [
         (k, j) for k in ("center", "left", "random") for j in range(2)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_runs import MNIST_TINY
 
 from experiments import mnist
 from experiments._cli import parse_config
@@ -19,12 +20,7 @@ from jaxdiff.outputs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "--model", "tiny", "--train-steps", "6", "--batch-size", "8", "--train-limit", "64",
-    "--num-samples", "12", "--sample-every", "3", "--checkpoint-every", "3",
-    "--sample-steps", "4", "--num-timesteps", "40", "--schedule", "cosine",
-    "--steps-per-call", "3", "--no-evaluate", "--no-progress",
-]  # fmt: skip
+TINY = MNIST_TINY
 
 
 def _run(argv):
