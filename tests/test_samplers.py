@@ -26,7 +26,6 @@ import pytest
 
 from jaxdiff import ddim_step, make_schedule
 from jaxdiff.parameterization import eps_to_x0, v_from_eps_x0
-from jaxdiff.sharding import make_mesh
 from jaxdiff.samplers import (
     default_loop_options,
     dpm_solver_pp_step,
@@ -35,6 +34,7 @@ from jaxdiff.samplers import (
     sampling_timesteps,
     step_sequence,
 )
+from jaxdiff.sharding import make_mesh
 
 MU, SIGMA = 1.5, 0.5
 T = 1000
@@ -459,7 +459,7 @@ def test_bad_types_raise_type_error(schedule):
         sample(_must_not_run, None, np.ones(10), (4, 2), jax.random.key(0))
     with pytest.raises(ValueError, match="shape must be"):
         sample(_must_not_run, None, schedule, (4,), jax.random.key(0))
-    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh with an axis 'data'"):
+    with pytest.raises(TypeError, match=r"mesh must be a jax\.sharding\.Mesh with an axis 'data'"):
         sample(_must_not_run, None, schedule, (4, 2), jax.random.key(0), mesh="data")
     two_axes = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
     with pytest.raises(ValueError, match="mesh must have the one axis 'data'"):
