@@ -28,7 +28,8 @@ from jaxdiff.train import init_train_state, make_data_multi_step, make_optimizer
 PLATFORMS = ("cuda", "tpu")
 # XLA's cost analysis of one training step of the gpu preset (full U-Net, batch 128, 28x28),
 # lowered for cuda on 2026-12-06 with jax 0.10.2 (class-conditional, the GroupNorm and bias
-# gradients as matrix products): 797.3 GFLOP (3.03x its forward pass).
+# gradients as matrix products): 797.3 GFLOP in float32 (3.03x its forward pass), 797.9 with
+# the preset's bfloat16 compute (the casts).
 GPU_PRESET_STEP_FLOPS = 797.25e9
 _HOST_OPS = (" send(", " recv(", " infeed(", " outfeed(", "callback", "host_compute")
 

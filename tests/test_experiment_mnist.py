@@ -138,7 +138,10 @@ def test_presets_resolve_per_backend():
     assert cpu.preset == "cpu" and cpu.model == "compact" and cpu.num_samples >= 1000
     assert gpu.preset == "gpu" and gpu.model == "full"
     assert (cpu.num_samples, gpu.num_samples) == (1000, 10_000)  # FID on 10,000 on accelerators
-    assert cpu.dtype == gpu.dtype == "float32"  # bfloat16 only once checked equal in quality
+    # bfloat16 on accelerators (checked equal in quality on the CPU); the CNN is float32 only.
+    assert (cpu.dtype, gpu.dtype) == ("float32", "bfloat16")
+    cnn, _ = mnist.resolve(mnist.MnistConfig(model="cnn"), backend="gpu")
+    assert cnn.dtype == "float32" and not cnn.class_conditional
     # The gpu preset brings the accelerator's loop wherever it runs; the cpu one the backend's.
     gpu_tc = mnist.build(gpu, abstract=True)[3]
     assert (gpu_tc.steps_per_call, gpu_tc.unroll, gpu_tc.batch_draw) == (10, 1, "table")

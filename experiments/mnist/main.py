@@ -62,7 +62,8 @@ def main(config: MnistConfig) -> dict:
     log(
         f"jaxdiff MNIST: preset '{config.preset}' on {jax.default_backend()} "
         f"({trainer.num_devices} device(s)); {config.model} model with {count_params(params):,} "
-        f"parameters ({config.dtype}); {config.train_steps} steps of batch {config.batch_size}; "
+        f"parameters ({config.dtype} compute); {config.train_steps} steps of batch "
+        f"{config.batch_size}; "
         f"{duration_estimate(config, preset, trainer, state)}; out: {out}"
     )
 
