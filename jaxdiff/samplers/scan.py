@@ -4,9 +4,11 @@
 options (:mod:`jaxdiff.samplers.options`): per batch chunk, a Python loop over compiled scans of
 ``steps_per_call`` network evaluations (or one scan), each scan step evaluating the network
 (guided and clipped, :mod:`jaxdiff.samplers.guidance`), taking the solver's step, putting known
-pixels back (:mod:`jaxdiff.samplers.repaint`) and writing the trajectory. Compiled functions are
-cached by their static configuration (model function, solver, shapes, flags); the loop compiles
-with :mod:`jaxdiff.xla_options` (on CPU: XLA's own kernels instead of YNNPACK's).
+pixels back (:mod:`jaxdiff.samplers.repaint`) and writing the trajectory. With a mesh, every
+chunk is split over its ``"data"`` axis and each device runs the same loop on its examples
+(:class:`_PerDevice`, ``jax.shard_map``). Compiled functions are cached by their static
+configuration (model function, solver, shapes, flags, mesh); the loop compiles with
+:mod:`jaxdiff.xla_options` (on CPU: XLA's own kernels instead of YNNPACK's).
 """
 
 from __future__ import annotations
