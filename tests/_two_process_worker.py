@@ -232,7 +232,24 @@ def sampling_collectives(apply, params, schedule) -> dict[str, int]:
     finally:
         sampler_scan._run_ops_compiled = real
     assert len(texts) == 1, len(texts)
-    return {op: texts[0].count(f" {op}(") + texts[0].count(f" {op}-start(") for op in _COLLECTIVES}
+    return count_collectives(texts[0])
+
+
+def count_collectives(hlo_text: str) -> dict[str, int]:
+    """``{op: count}`` of the cross-device collectives in compiled HLO text (async included)."""
+    return {op: hlo_text.count(f" {op}(") + hlo_text.count(f" {op}-start(") for op in _COLLECTIVES}
+
+
+def control_collectives() -> dict[str, int]:
+    """The same count for a sum over a batch split over all devices: it must all-reduce (the
+    check above can see a collective)."""
+    import jax.numpy as jnp
+
+    from jaxdiff import sharding
+
+    split = sharding.batch_sharding(sharding.make_mesh())
+    x = _jax().device_put(jnp.ones((16,)), split)
+    return count_collectives(_jax().jit(jnp.sum).lower(x).compile().as_text())
 
 
 def local_leaves(tree):
@@ -303,6 +320,7 @@ def _main(argv=None) -> int:
 
     if args.mode == "eight":
         result["sampling_collectives"] = sampling_collectives(apply, state.params, schedule)
+        result["control_collectives"] = control_collectives()
         try:  # 12 examples over 8 devices: must fail before anything is compiled
             trainer.step(trainer.init_state(params, 0), toy_data(12))
             result["indivisible_error"] = None

@@ -160,8 +160,10 @@ def test_sampling_over_eight_devices_equals_one_device(runs):
     assert rc == 0, f"8-device worker failed (rc={rc}):\n{log}"
     _assert_samples_close(out / "samples_0.npz", runs["reference"]["samples"])
     # Each device samples its own examples: the compiled loop has no cross-device traffic.
-    collectives = json.loads((out / "result_0.json").read_text())["sampling_collectives"]
+    result = json.loads((out / "result_0.json").read_text())
+    collectives = result["sampling_collectives"]
     assert collectives and not any(collectives.values()), collectives
+    assert sum(result["control_collectives"].values()) > 0  # the count sees a collective
 
 
 def test_indivisible_batch_names_both_numbers(runs):
