@@ -117,9 +117,11 @@ def enable_deterministic_ops() -> str:
     flags = os.environ.get("XLA_FLAGS", "")
     if DETERMINISTIC_FLAG in flags:
         return flags
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
+    try:  # JAX's own (private) record of whether the backend started
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # a JAX without it: the flag is set unchecked
+        backends_are_initialized = None
+    if backends_are_initialized is not None and backends_are_initialized():
         raise RuntimeError(
             "enable_deterministic_ops() was called after JAX started its backend, so XLA would "
             "ignore it; call it before any JAX computation, or start the process with "
