@@ -3,15 +3,19 @@
 All offline. The "network" is a local HTTP server on 127.0.0.1 (or a ``file://`` URL) serving IDX
 ``.gz`` files built from the prepared tensorflow-datasets copy (in its record order, so the loader
 must return exactly the same arrays), with their checksums given through ``JAXDIFF_MNIST_SHA256``.
-The server can answer with errors, truncated bodies and stalls to reproduce every failure mode;
-after each failure the cache must hold nothing.
+The server can answer with errors, truncated bodies, stalls and a body that stops half-way until
+the test releases it, to reproduce every failure mode; after each failure the cache must hold
+nothing, and a run that was killed leaves only a temporary file that the next run removes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import http.server
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +39,7 @@ class Server:
 
     def __init__(self, folder: Path):
         self.folder, self.faults, self.requests = folder, {}, []
+        self.hanging, self.release = threading.Event(), threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -63,6 +68,13 @@ class Server:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                if fault == "hang":  # half the body, then nothing until the test releases it
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    server.hanging.set()
+                    server.release.wait(60)
+                    self.close_connection = True
+                    return
                 if fault == "slow":  # let concurrent downloads overlap
                     for i in range(0, len(body), len(body) // 4 + 1):
                         self.wfile.write(body[i : i + len(body) // 4 + 1])
@@ -76,6 +88,7 @@ class Server:
         self.thread.start()
 
     def close(self):
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -273,6 +286,63 @@ def test_an_interrupted_transfer_is_retried(server, mnist_mirror):
     server.faults = {name: ["stall", "stall"]}
     with pytest.raises(data.DownloadError, match="interrupted"):
         fetch(server.url + name, spec, fix="", progress=False, timeout=0.5)
+
+
+def test_ctrl_c_during_a_download_leaves_nothing(server, mnist_mirror, fresh, monkeypatch):
+    monkeypatch.setenv("JAXDIFF_MNIST_URL", server.url)
+    monkeypatch.setenv("JAXDIFF_MNIST_SHA256", str(mnist_mirror / "checksums.tsv"))
+    server.faults = {NAMES["test"][0]: ["hang"]}
+    during = []
+
+    def press_ctrl_c():  # once the body stops half-way, as a user's Ctrl-C would
+        if server.hanging.wait(60):
+            during.extend(_files(fresh))
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            data.load_mnist("test", progress=False)
+    finally:
+        presser.join()
+        server.release.set()
+    assert len(during) == 1 and during[0].endswith(".part")  # the cache file being prepared
+    assert _files(fresh) == []
+
+
+def test_the_next_run_removes_what_a_killed_download_left(server, mnist_mirror, fresh, monkeypatch):
+    monkeypatch.setenv("JAXDIFF_MNIST_URL", server.url)
+    monkeypatch.setenv("JAXDIFF_MNIST_SHA256", str(mnist_mirror / "checksums.tsv"))
+    server.faults = {NAMES["test"][0]: ["hang"]}
+    code = "from jaxdiff import data; data.load_mnist('test', progress=False)"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+    try:
+        assert server.hanging.wait(120), "the download never started"
+    finally:
+        run.kill()  # SIGKILL: no clean-up code runs
+        run.wait()
+        server.release.set()
+    folder = fresh / "datasets" / "mnist" / "idx"
+    (orphan,) = folder.glob(".*.part")
+    assert orphan.stat().st_size == 0
+    live = folder / ".test.npz.live.part"  # a concurrent run, still downloading: its lock is held
+    fd = os.open(live, os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for path in (orphan, live):  # the next run comes a minute later (a file touched in the
+            os.utime(
+                path, (time.time() - 60,) * 2
+            )  # last seconds may be a writer's, not yet locked)
+        server.faults = {}
+        data.load_mnist("test", progress=False)
+        assert _files(fresh) == [
+            "datasets/mnist/idx/.test.npz.live.part",
+            "datasets/mnist/idx/test.npz",
+        ]
+    finally:
+        os.close(fd)
 
 
 def test_an_unwritable_cache_fails_before_downloading(

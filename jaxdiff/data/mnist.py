@@ -13,13 +13,15 @@ Preparing MNIST with tensorflow-datasets needs TensorFlow; reading a prepared ar
 does not, and neither does this module. Whatever the source, the decoded uint8 arrays are cached
 once under ``<cache>/datasets/<dataset>/`` (``<cache>`` is ``$JAXDIFF_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/jaxdiff`` or ``~/.cache/jaxdiff``), written atomically, so later loads take a
-fraction of a second. Images come in the order of their source: the IDX files' order for a
-download, the record order of the tensorflow-datasets copy for a prepared copy (the same images,
-shuffled differently).
+fraction of a second; a cache file that cannot be read (truncated, damaged) is rebuilt from its
+source with a :class:`DataCacheWarning`. Images come in the order of their source: the IDX files'
+order for a download, the record order of the tensorflow-datasets copy for a prepared copy (the
+same images, shuffled differently).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -28,6 +30,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,7 +47,12 @@ from jaxdiff.data.download import (
 from jaxdiff.data.idx import gunzip_idx
 from jaxdiff.data.images import resize_bilinear
 
-__all__ = ["IDX_DATASETS", "IdxDataset", "load_mnist"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks, so leftover temporaries go by age alone
+    fcntl = None
+
+__all__ = ["IDX_DATASETS", "DataCacheWarning", "IdxDataset", "load_mnist"]
 
 _SPLITS = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -174,49 +182,107 @@ def _mirror_fix(ds: IdxDataset) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_cache(path: Path, n_expected: int | None) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """``(images, labels, origin)`` from a cache file, or ``None`` if absent or unreadable."""
+class DataCacheWarning(UserWarning):
+    """A cached decoded data set could not be read (truncated, damaged) and is being rebuilt."""
+
+
+def _read_cache(
+    path: Path, n_expected: int | None, rebuild: str
+) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """``(images, labels, origin)`` from a cache file; ``None`` if it is absent or unreadable.
+
+    An unreadable file (truncated, bit-flipped, foreign) is derived data: the caller rebuilds it
+    from its source, named by ``rebuild`` in the one-line :class:`DataCacheWarning`.
+    """
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels, origin = z["images"], z["labels"], str(z["origin"])
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # torn or foreign file: rebuilt by the caller (writes are atomic)
-    ok = images.dtype == np.uint8 and images.ndim == 3 and labels.shape == images.shape[:1]
-    if not ok or (n_expected is not None and images.shape[0] != n_expected):
+        if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"it holds images {images.shape} {images.dtype}, labels {labels.shape}"
+            )
+        if n_expected is not None and images.shape[0] != n_expected:
+            raise ValueError(f"it holds {images.shape[0]} images, expected {n_expected}")
+    except Exception as err:  # zipfile.BadZipFile, zlib.error, EOFError, ...: all mean rebuild
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line
+        warnings.warn(
+            f"the decoded data cache {path} is unreadable ({reason}); rebuilding it from "
+            f"{rebuild}.",
+            DataCacheWarning,
+            stacklevel=4,
+        )
         return None
     return images, labels, origin
 
 
 def _open_cache_file(path: Path, ds: IdxDataset) -> tuple[int, str]:
-    """Create ``path``'s folder and a temporary file beside it (fails before any download)."""
+    """Create ``path``'s folder and a temporary file beside it (fails before any download).
+
+    The file is locked while this process lives, so :func:`_abandoned` tells it from one that a
+    killed run left behind.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     except OSError as err:
         raise DataNotFoundError(
             f"cannot write the {ds.title} cache folder {path.parent} "
             f"({err.strerror or err}). Set JAXDIFF_CACHE_DIR to a folder you can write to."
         ) from None
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # a file system without locks: swept by age alone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd, tmp
+
+
+def _discard(fd: int, tmp: str) -> None:
+    """Close and delete an unfinished temporary file."""
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def _abandoned(part: Path) -> bool:
+    """Whether the temporary file ``part`` was left by a run that died (killed mid-download or
+    mid-write): no live process holds its lock. A file touched in the last few seconds is never
+    taken (its writer may be between creating and locking it, or closing and renaming it); where
+    locks are unavailable, only a file over an hour old is."""
+    age = time.time() - part.stat().st_mtime
+    if fcntl is None or age < 5:
+        return age > 3600
+    with open(part, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer holds it
+            return False
+        except OSError:  # no locks on this file system
+            return age > 3600
+    return True
 
 
 def _commit_cache_file(
     fd: int, tmp: str, path: Path, images: np.ndarray, labels: np.ndarray, origin: str
 ) -> None:
     """Write the arrays into ``tmp`` and rename it over ``path`` (atomic: readers see the old
-    file or the new one, never half of one; concurrent writers of the same data both succeed)."""
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, images=images, labels=labels, origin=np.str_(origin))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    for stale in path.parent.glob(".*.part"):  # left by a run that was killed mid-write
-        try:
-            if time.time() - stale.stat().st_mtime > 3600:
-                stale.unlink()
-        except OSError:
-            pass
+    file or the new one, never half of one; concurrent writers of the same data both succeed).
+    If anything fails, even an interrupt, ``tmp`` is deleted; then the temporaries of runs that
+    died are."""
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=images, labels=labels, origin=np.str_(origin))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    for part in path.parent.glob(".*.part"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to read
+            if _abandoned(part):
+                part.unlink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +318,7 @@ def _from_tfds(
     path = cache / "datasets" / ds.name / f"tfds-{key}" / f"{split}.npz"
     description = f"tensorflow-datasets {ds.name} {builder.info.version} at {where}"
     n = builder.info.splits[split].num_examples
-    cached = _read_cache(path, n)
+    cached = _read_cache(path, n, f"the tensorflow-datasets copy at {where}")
     if cached is not None:
         return cached[0], cached[1], f"{description} (decoded copy cached in {path.parent})"
 
@@ -299,7 +365,8 @@ def _from_idx(
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """The split from the cache, else downloaded, verified, decoded and cached."""
     path = cache / "datasets" / ds.name / "idx" / f"{split}.npz"
-    cached = _read_cache(path, None)
+    base = os.environ.get(f"{ds.env_prefix}_URL") or ds.url
+    cached = _read_cache(path, None, f"the {ds.title} IDX files, downloaded again from {base}")
     if cached is not None:
         return cached[0], cached[1], f"{cached[2]} (cached in {path.parent})"
     if not download:
@@ -308,7 +375,6 @@ def _from_idx(
             "(download=False). Allow the download, or name a prepared tensorflow-datasets copy "
             "with --data-dir DIR or TFDS_DATA_DIR=DIR."
         )
-    base = os.environ.get(f"{ds.env_prefix}_URL") or ds.url
     if not re.match(r"^(https?|file)://", base):
         raise DataNotFoundError(
             f"{ds.env_prefix}_URL must be an http://, https:// or file:// base URL; got {base!r}."
@@ -353,13 +419,11 @@ def _from_idx(
                 f"{images.dtype} and labels {labels.shape} {labels.dtype}; expected (N, 28, 28) "
                 "uint8 and (N,) uint8 in 0..9. " + _mirror_fix(ds)
             )
-        origin = f"{ds.title} IDX files from {base} (size and SHA-256 verified)"
-        _commit_cache_file(fd, tmp, path, images, labels, origin)
-        fd = -1
-    finally:
-        if fd != -1:  # failed or interrupted: leave nothing behind
-            os.close(fd)
-            os.unlink(tmp)
+    except BaseException:  # failed or interrupted (Ctrl-C too): leave nothing behind
+        _discard(fd, tmp)
+        raise
+    origin = f"{ds.title} IDX files from {base} (size and SHA-256 verified)"
+    _commit_cache_file(fd, tmp, path, images, labels, origin)
     return images, labels, f"{origin}, downloaded now (cached in {path.parent})"
 
 
