@@ -7,12 +7,14 @@ Layout under ``<cache_dir>`` (default :func:`jaxdiff._paths.default_cache_dir`:
   written by :class:`jaxdiff.checkpoint.Checkpointer`, which commits it atomically (a reader
   sees the whole checkpoint or none); its metadata holds the spec, test accuracy and a fresh
   ``cache_id``. ``meta.json`` next to it is a readable copy of that metadata, written after the
-  commit. Bumping a spec's ``version`` moves to a new folder; a cache whose stored spec differs
-  from the code, or that fails to restore (corrupt or truncated files, NaN parameters), is
-  retrained with a :class:`ClassifierCacheWarning`.
+  commit (and rewritten from the checkpoint if it is found damaged). Bumping a spec's
+  ``version`` moves to a new folder; a cache whose stored spec differs from the code, or that
+  fails to restore (corrupt or truncated files, NaN parameters), is retrained with a
+  :class:`ClassifierCacheWarning`.
 * ``classifiers/<kind>-<version>/reference-<size>.npz`` -- :class:`ReferenceFeatures`: the
   target statistics and the features of real and noise images at the sample size ``<size>``.
-* ``<name>.json`` -- small tables of :func:`cached_json` (e.g. the point-cloud references).
+* ``<name>.json`` -- small tables of :func:`cached_json` (e.g. the point-cloud references),
+  with the SHA-256 of their content, so that a damaged table is recomputed, never trusted.
 
 Files are written to a temporary sibling and moved into place with ``os.replace``, so a crash or
 a concurrent reader never sees half a file; no pickle anywhere.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -198,6 +201,7 @@ def load_classifier(
             shutil.rmtree(path, ignore_errors=True)
         else:
             if clf is not None:
+                _heal_meta_json(clf, path)
                 _LOADED[(str(path), spec)] = clf
                 return clf
     if progress:
@@ -226,6 +230,31 @@ def load_classifier(
 _LOADED: dict[tuple[str, ClassifierSpec], FeatureClassifier] = {}
 
 
+def _heal_meta_json(clf: FeatureClassifier, path: Path) -> None:
+    """Rewrite ``path/meta.json`` from the restored checkpoint's metadata if it is damaged (with a
+    :class:`ClassifierCacheWarning`) or missing (quietly: its writer may not have got to it)."""
+    meta = {k: v for k, v in clf.meta.items() if k != "path"}  # "path" is where it is now
+    try:
+        on_disk = json.loads((path / "meta.json").read_text())
+        if isinstance(on_disk, dict) and {**on_disk, "path": None} == {**meta, "path": None}:
+            return
+        reason = "it differs from the checkpoint's metadata"
+    except FileNotFoundError:
+        reason = None
+    except (OSError, ValueError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    if reason is not None:
+        warnings.warn(
+            f"the cached {clf.spec.kind} feature classifier's {path / 'meta.json'} is damaged "
+            f"({reason}); rewriting it from the checkpoint.",
+            ClassifierCacheWarning,
+            stacklevel=3,
+        )
+    text = json.dumps(meta, indent=2) + "\n"
+    with contextlib.suppress(OSError):  # a read-only cache: the checkpoint alone still works
+        _atomic_write(path / "meta.json", lambda p: p.write_text(text))
+
+
 def _cache_id_on_disk(path: Path) -> str | None:
     try:
         return json.loads((path / "meta.json").read_text()).get("cache_id")
@@ -238,6 +267,24 @@ def _cache_id_on_disk(path: Path) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _table_digest(table: dict) -> str:
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
+
+
+def _read_table(path: Path) -> dict:
+    """The JSON table at ``path``, checked against the SHA-256 stored with it; OSError or
+    ValueError if it is unreadable or unverified (a table written before checksums has none)."""
+    table = json.loads(path.read_text())
+    if not isinstance(table, dict):
+        raise ValueError("not a JSON object")
+    digest = table.pop("_sha256", None)
+    if digest is None:
+        raise ValueError("it has no SHA-256 to verify it; an earlier jaxdiff wrote it")
+    if digest != _table_digest(table):
+        raise ValueError("its content does not match its SHA-256")
+    return table
+
+
 def cached_json(
     filename: str,
     key: str,
@@ -247,18 +294,17 @@ def cached_json(
 ) -> dict:
     """``compute()`` cached under ``key`` in the JSON file ``<cache_dir>/<filename>``.
 
-    An unreadable file is rebuilt with a :class:`ClassifierCacheWarning`.
+    An unreadable, damaged or unverified file (its SHA-256 does not match, or it has none) is
+    rebuilt with a :class:`ClassifierCacheWarning`.
     """
     path = resolve_cache_dir(cache_dir) / filename
     table: dict = {}
     if path.exists():
         try:
-            table = json.loads(path.read_text())
-            if not isinstance(table, dict):
-                raise ValueError("not a JSON object")
+            table = _read_table(path)
         except (OSError, ValueError) as err:
             warnings.warn(
-                f"the reference cache {path} is corrupt ({err}); recomputing it.",
+                f"the reference cache {path} is unusable ({err}); recomputing it.",
                 ClassifierCacheWarning,
                 stacklevel=2,
             )
@@ -267,7 +313,8 @@ def cached_json(
         return table[key]
     value = compute()
     table[key] = value
-    _atomic_write(path, lambda p: p.write_text(json.dumps(table, indent=1) + "\n"))
+    text = json.dumps({**table, "_sha256": _table_digest(table)}, indent=1) + "\n"
+    _atomic_write(path, lambda p: p.write_text(text))
     return value
 
 
