@@ -1,7 +1,8 @@
 """Every metric of a ``samples.npy`` array, next to its real-data floor and noise ceiling.
 
-:func:`evaluate_samples` validates the samples (shape, dtype, range, NaN, count, labels) before
-any work, then computes the metrics of :mod:`jaxdiff.metrics`:
+:func:`load_sample_file` reads a ``samples.npy`` (or ``labels.npy``) and says what a wrong file
+is instead; :func:`evaluate_samples` validates the samples (shape, dtype, range, NaN, count,
+labels) before any work, then computes the metrics of :mod:`jaxdiff.metrics`:
 
 * images (``kind="mnist"`` or ``"digits"``): Frechet distance, classifier score, class
   histogram KL, confidence and label accuracy in the feature space of the cached classifier of
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ __all__ = [
     "MIN_RECOMMENDED_SAMPLES",
     "POINTS_REFERENCE_SEEDS",
     "evaluate_samples",
+    "load_sample_file",
 ]
 
 #: Values of ``kind`` accepted by :func:`evaluate_samples`.
@@ -40,6 +43,75 @@ EVALUATION_KINDS = ("mnist", "digits", "points")
 #: Fewer samples than this still work but give a noisy (and, for the Frechet distance, biased
 #: upwards) estimate; :func:`evaluate_samples` warns below it.
 MIN_RECOMMENDED_SAMPLES = 1000
+
+
+_EXPECTED_FILE = {
+    "samples": "float32 (N, H, W, C) in [0, 1] or (N, D) points",
+    "labels": "int (N,) class labels",
+}
+
+
+def _looks_like(path: str, head: bytes) -> str:
+    """What a file whose first bytes are ``head`` looks like, when it is not a ``.npy``."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = ", ".join(n.removesuffix(".npy") for n in z.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return "a damaged .npz (zip) archive"
+        return f"a .npz archive (arrays: {names or 'none'}); save one array with np.save"
+    if head.startswith(b"\x80"):
+        return "a Python pickle, which is never loaded"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:  # tolerate a character cut off by the end of ``head``
+        text = head[: err.start].decode() if err.start >= len(head) - 3 else "\x00"
+    if all(c.isprintable() or c in "\t\n\r" for c in text):
+        return "text"
+    return "binary data of another format"
+
+
+def load_sample_file(path: str | os.PathLike, what: str = "samples") -> np.ndarray:
+    """The array of a ``.npy`` file an experiment wrote (``samples.npy`` or ``labels.npy``).
+
+    Args:
+      path: the ``.npy`` file.
+      what: ``"samples"`` (float32 images ``(N, H, W, C)`` in ``[0, 1]`` or points ``(N, D)``) or
+        ``"labels"`` (int ``(N,)``); names the file and what it should hold in messages.
+
+    Returns:
+      The array, as saved (:func:`evaluate_samples` checks its shape, dtype and values).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: ``path`` is not a numeric ``.npy`` file; one line that says what it is instead
+        (text, a ``.npz`` archive, a pickle, empty, truncated) and what to pass.
+    """
+    path = os.fspath(path)
+    fix = f"pass the {what}.npy that an experiment wrote, {_EXPECTED_FILE[what]}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file {path} does not exist; {fix}.") from None
+    except OSError as err:
+        raise ValueError(
+            f"cannot read {what} file {path} ({err.strerror or err}); {fix}."
+        ) from None
+    if not head:
+        raise ValueError(f"{what} file {path} is empty (0 bytes); {fix}.")
+    if not head.startswith(b"\x93NUMPY"):
+        kind = _looks_like(path, head)
+        raise ValueError(f"{path} is not a NumPy .npy file (it looks like {kind}); {fix}.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        if "Object arrays" in str(err):
+            raise ValueError(
+                f"{path} holds Python objects (an object array), which are never loaded; {fix}."
+            ) from None
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{path} is a damaged or truncated .npy file ({reason}); {fix}.") from None
 
 
 def _check_sample_dtype(arr: np.ndarray, what: str) -> None:
