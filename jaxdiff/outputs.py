@@ -3,8 +3,9 @@
 ``--out DIR`` holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
 ``metrics.json`` (final evaluation), ``samples.npy``, PNG figures, GIFs, ``checkpoints/`` and
 ``report.md``. This module prepares that directory safely and writes the text files; it never
-deletes anything it did not create (``--overwrite`` only removes a directory that holds a
-``config.json``, i.e. an earlier run).
+deletes anything it did not create: ``--overwrite`` only removes a directory that holds a
+``config.json`` (an earlier run) written by the same experiment (``config.json`` records it under
+``"experiment"``), and never a folder the command reads from.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "EXPERIMENT_KEY",
     "MetricsLog",
     "config_diff",
     "prepare_run_dir",
@@ -32,6 +35,12 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.json"
+#: The key of config.json that names the command that wrote the run, e.g. "experiments.mnist".
+EXPERIMENT_KEY = "experiment"
+# A run written before runs named their experiment is another experiment's when its config has
+# at least this many settings the new one lacks (an older version of the same command lacks some
+# of today's settings, rather; the experiments share about twenty).
+_FOREIGN_SETTINGS = 2
 
 
 def _jsonable(value: Any) -> Any:
@@ -129,6 +138,39 @@ def config_diff(
     ]
 
 
+def _refuse_inputs(out: Path, reads: Mapping[str, Any]) -> None:
+    """``ValueError`` when ``out`` is, lies inside or contains a folder named in ``reads``."""
+    target = out.resolve()
+    for flag, path in reads.items():
+        if path is None:  # an optional input left out
+            continue
+        source = Path(path).resolve()
+        if target == source:
+            where = f"is the {flag} folder"
+        elif source in target.parents:
+            where = f"lies inside {flag} {path}"
+        elif target in source.parents:
+            where = f"contains {flag} {path}"
+        else:
+            continue
+        raise ValueError(f"--out {out} {where}, which this command reads; pick another --out")
+
+
+def _other_experiment(old: Mapping[str, Any], config: Mapping[str, Any], experiment: str) -> str:
+    """What wrote the run ``old`` if that is not ``experiment``, else ``""``.
+
+    A run that does not record its experiment (written before runs did) counts as another's
+    only when its config has settings this one lacks (see ``_FOREIGN_SETTINGS``).
+    """
+    recorded = old.get(EXPERIMENT_KEY)
+    if recorded is not None:
+        return "" if recorded == experiment else str(recorded)
+    foreign = sorted(set(old) - set(config))
+    if len(foreign) < _FOREIGN_SETTINGS:
+        return ""
+    return f"another experiment (settings {', '.join(foreign[:3])}{', ...' if foreign[3:] else ''})"
+
+
 def prepare_run_dir(
     out,
     config: Mapping[str, Any],
@@ -137,51 +179,90 @@ def prepare_run_dir(
     overwrite: bool,
     may_differ: Sequence[str] = (),
     derived: Sequence[str] = (),
+    tunable: Sequence[str] = (),
+    experiment: str | None = None,
+    reads: Mapping[str, Any] | None = None,
 ) -> Path:
     """Create or reuse the run directory ``out`` for ``config``; return its path.
 
     Keys in ``derived`` are written but never compared: they follow from the others (e.g. the
     model spec of :mod:`jaxdiff.runs`), so a difference there is reported through its source.
 
+    - ``out`` is, lies inside or contains a folder in ``reads``: refused (``ValueError``);
+    - an earlier run written by another ``experiment``: refused (``FileExistsError``), whatever
+      the flags;
     - a new or empty directory: created, ``config.json`` written;
     - an earlier run (has ``config.json``) and ``resume``: its config must equal ``config``
-      except for the keys in ``may_differ`` (e.g. the number of training steps) and for keys its
-      ``config.json`` lacks (options added to the code since), else a ``ValueError`` lists every
-      difference;
+      except for the keys in ``may_differ`` (e.g. the number of training steps), the keys in
+      ``tunable`` (changed with a warning) and the keys its ``config.json`` lacks (options added
+      to the code since), else a ``ValueError`` lists every difference; ``config.json`` keeps
+      the settings the run started with (each checkpoint keeps the config it was saved with);
     - an earlier run and ``overwrite``: removed and started afresh;
     - an earlier run and neither flag: ``FileExistsError`` saying which flag to pass;
     - a non-empty directory that is not a run: refused (nothing is deleted).
+
+    Args:
+        out: the run directory (``--out``).
+        config: the run's settings, written to ``config.json``.
+        resume, overwrite: the flags ``--resume`` and ``--overwrite``.
+        may_differ: keys that may change on ``--resume`` silently.
+        derived: keys written but never compared.
+        tunable: keys that may change on ``--resume`` with a one-line warning ``key: old ->
+            new`` (optimizer hyperparameters such as the learning rate, lowered after a
+            divergence); a key that changes the model or the data belongs in none of these.
+        experiment: the command that writes the run (e.g. ``"experiments.mnist"``), recorded in
+            ``config.json`` under ``"experiment"``; a run of another one is never continued or
+            replaced. ``None``: not recorded, not checked.
+        reads: the folders (or files) the command reads, by flag (``{"--checkpoint": path}``).
 
     Raises ``PermissionError`` when the directory cannot be written (checked with a probe file).
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pass one of them")
     out = Path(out)
+    _refuse_inputs(out, reads or {})
     cfg_path = out / CONFIG_FILE
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory; choose another --out")
+    marker = {} if experiment is None else {EXPERIMENT_KEY: experiment}
+    record = {**config, **marker}
     if cfg_path.exists():
         try:
             old = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
             raise ValueError(
-                f"{cfg_path} is unreadable ({e}); pass --overwrite to start a new run there"
+                f"{cfg_path} is unreadable ({e}), so the run there cannot be identified; pick "
+                "another --out (or delete that folder yourself to start again there)"
             ) from e
+        other = _other_experiment(old, record, experiment) if experiment else ""
+        if other:
+            raise FileExistsError(
+                f"--out {out} holds a run of {other}, not of {experiment}; pick another --out "
+                "(delete that folder yourself if you mean to replace it)"
+            )
+        unchecked = [*derived, EXPERIMENT_KEY]
         if overwrite:
             shutil.rmtree(out)
         elif resume:
             # Options newer than the earlier run's code are not in its config.json; their
             # defaults keep what that code did, so they do not block a resume.
             newer = set(_jsonable(config)) - set(old)
-            diff = config_diff(old, config, ignore=[*may_differ, *newer, *derived])
+            diff = config_diff(old, config, ignore=[*may_differ, *newer, *tunable, *unchecked])
             if diff:
                 raise ValueError(
                     f"cannot --resume {out}: its config differs from this one in "
                     + "; ".join(diff)
                     + ". Use the same settings, or a new --out"
                 )
+            both = [k for k in tunable if k in old and k in config]
+            changed = config_diff({k: old[k] for k in both}, {k: config[k] for k in both})
+            if changed:
+                warnings.warn(f"--resume {out} continues with " + "; ".join(changed), stacklevel=2)
+            record = {**old, **marker}  # the settings the run started with, now marked
         else:
-            diff = config_diff(old, config, ignore=derived)
+            diff = config_diff(old, config, ignore=unchecked)
             what = "with a different config (" + "; ".join(diff) + ")" if diff else ""
             raise FileExistsError(
                 f"--out {out} already holds a run {what}; pass --resume to continue it or "
@@ -199,8 +280,7 @@ def prepare_run_dir(
     elif resume:
         raise FileNotFoundError(f"nothing to --resume: {out} holds no run; drop --resume")
     probe_writable(out)
-    if not cfg_path.exists() or not resume:
-        write_json(cfg_path, config)
+    write_json(cfg_path, record)
     return out
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import warnings
 from typing import Literal
 
 import pytest
@@ -50,6 +51,90 @@ def test_prepare_run_dir_refusals(tmp_path):
         prepare_run_dir(tmp_path / "file", {}, resume=False, overwrite=False)
     with pytest.raises(PermissionError, match="cannot write to output directory"):
         prepare_run_dir(tmp_path / "file" / "sub", {}, resume=False, overwrite=False)
+
+
+TUNABLE = ("learning_rate", "grad_clip")
+
+
+def test_optimizer_settings_may_change_on_resume_with_one_warning(tmp_path):
+    out = tmp_path / "run"
+    cfg = {"learning_rate": 2e-3, "grad_clip": 1.0, "width": 8, "train_steps": 10}
+    prepare_run_dir(out, cfg, resume=False, overwrite=False, experiment="exp")
+    lower = {**cfg, "learning_rate": 1e-3}
+    with pytest.warns(UserWarning, match=r"continues with learning_rate: 0.002 -> 0.001$") as rec:
+        prepare_run_dir(out, lower, resume=True, overwrite=False, tunable=TUNABLE, experiment="exp")
+    assert len(rec) == 1
+    # config.json keeps the settings the run started with; the checkpoints record the new ones
+    assert json.loads((out / "config.json").read_text())["learning_rate"] == 2e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unchanged: no warning
+        prepare_run_dir(out, cfg, resume=True, overwrite=False, tunable=TUNABLE, experiment="exp")
+    # what shapes the model stays refused, and without `tunable` so does the learning rate
+    with pytest.raises(ValueError, match=r"differs from this one in width: 8 -> 16\. Use"):
+        prepare_run_dir(
+            out, {**lower, "width": 16}, resume=True, overwrite=False, tunable=TUNABLE,
+            experiment="exp",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"learning_rate: 0.002 -> 0.001"):
+        prepare_run_dir(out, lower, resume=True, overwrite=False, experiment="exp")
+
+
+def test_a_run_of_another_experiment_is_never_replaced(tmp_path):
+    run = tmp_path / "mnist-run"
+    prepare_run_dir(run, {"lr": 1e-3}, resume=False, overwrite=False, experiment="exp.mnist")
+    assert json.loads((run / "config.json").read_text())["experiment"] == "exp.mnist"
+    (run / "model.bin").write_text("trained for a week")
+    for resume, overwrite in ((False, True), (True, False), (False, False)):
+        with pytest.raises(FileExistsError, match=r"holds a run of exp.mnist, not of exp.toy2d"):
+            prepare_run_dir(
+                run, {"lr": 1e-3}, resume=resume, overwrite=overwrite, experiment="exp.toy2d"
+            )
+    assert (run / "model.bin").exists()
+    prepare_run_dir(run, {"lr": 1e-2}, resume=False, overwrite=True, experiment="exp.mnist")
+    assert not (run / "model.bin").exists()  # its own experiment may replace it
+
+
+def test_an_old_run_without_its_experiment_is_refused_only_when_clearly_another(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    settings = {"lr": 1e-3, "unet": "tiny", "image_size": 28}
+    (old / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(FileExistsError, match=r"another experiment \(settings image_size, unet\)"):
+        prepare_run_dir(
+            old, {"lr": 1e-3, "points": 64}, resume=False, overwrite=True, experiment="e"
+        )
+    assert (old / "config.json").exists()
+    # resumed by its own experiment: the same settings, now marked with the experiment
+    prepare_run_dir(old, settings, resume=True, overwrite=False, experiment="e")
+    assert json.loads((old / "config.json").read_text()) == {**settings, "experiment": "e"}
+    # one setting the code has since dropped: an older version of the same experiment
+    (old / "config.json").write_text(json.dumps(settings))
+    prepare_run_dir(old, {"lr": 1e-3, "unet": "tiny"}, resume=False, overwrite=True, experiment="e")
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("model", r"--out .*model is the --checkpoint folder, which this command reads"),
+        (
+            "model/inpaint",
+            r"--out .*inpaint lies inside --checkpoint .*model, which this command reads",
+        ),
+        (".", r"--out .* contains --checkpoint .*model, which this command reads"),
+    ],
+)
+def test_out_may_not_be_in_or_around_a_folder_the_command_reads(tmp_path, out, message):
+    model = tmp_path / "model"
+    prepare_run_dir(model, {"lr": 1e-3}, resume=False, overwrite=False, experiment="mnist")
+    before = sorted(p.name for p in model.iterdir())
+    for resume, overwrite in ((False, True), (True, False), (False, False)):
+        with pytest.raises(ValueError, match=message + r"; pick another --out$"):
+            prepare_run_dir(
+                tmp_path / out, {"n": 1}, resume=resume, overwrite=overwrite,
+                experiment="inpaint", reads={"--checkpoint": model, "--data-dir": None},
+            )  # fmt: skip
+    assert sorted(p.name for p in model.iterdir()) == before
+    assert not (model / "inpaint").exists()
 
 
 def test_metrics_log_truncates_on_resume(tmp_path):
