@@ -37,6 +37,7 @@ from jaxdiff.checkpoint import (
     Checkpointer,
     CheckpointSaveError,
     CorruptCheckpointError,
+    UnverifiedCheckpointWarning,
     abstract_state,
     probe_writable,
     tree_fingerprints,
@@ -301,6 +302,24 @@ def test_corrupt_latest_is_skipped_with_warning(run_dir, corrupt):
         assert ckpt.latest_step() == 1  # the corrupt step is no longer reported
     assert_bitwise_equal(state, make_state(1))
     assert meta == {"config": {"lr": 1e-3}, "step": 1}
+
+
+def test_a_step_without_checksums_restores_with_one_warning(run_dir):
+    shutil.rmtree(run_dir / "2" / "checksums")  # e.g. lost in a copy: a flipped bit would pass
+    with Checkpointer(run_dir, read_only=True) as ckpt:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            state, _ = ckpt.restore(ABSTRACT)
+        assert ckpt.last_restored_step == 2
+    assert [w.category for w in record] == [UnverifiedCheckpointWarning]
+    message = str(record[0].message)
+    assert f"checkpoint step 2 in {run_dir}" in message and "cannot be verified" in message
+    assert "\n" not in message
+    assert_bitwise_equal(state, make_state(2))
+    # verify=False asks for no check: no warning
+    with Checkpointer(run_dir, read_only=True, verify=False) as ckpt, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt.restore(ABSTRACT)
 
 
 def test_corrupt_explicit_step_and_all_corrupt_raise(run_dir):

@@ -22,7 +22,8 @@ class CheckpointCorruptionWarning(UserWarning):
 
 
 class UnverifiedCheckpointWarning(UserWarning):
-    """A step was restored without the fingerprint check (fingerprints of an earlier format)."""
+    """A step was restored without the fingerprint check (no fingerprints, or fingerprints of
+    an earlier format)."""
 
 
 class CorruptCheckpointError(RuntimeError):

@@ -9,13 +9,14 @@ not fit the restore target.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 from jaxdiff.checkpoint import integrity
 from jaxdiff.checkpoint.compat import check_compatible
-from jaxdiff.checkpoint.errors import StepCorrupt, short
+from jaxdiff.checkpoint.errors import StepCorrupt, UnverifiedCheckpointWarning, short
 
 __all__ = ["item_handlers", "read_metadata", "read_state", "save_args"]
 
@@ -48,8 +49,8 @@ def read_state(
     """Restore ``step`` (in the directory ``path``) into ``target`` after checking it.
 
     Checks, in order: the commit marker, the tree metadata, that it fits ``target`` (before any
-    array is read), that orbax reads every item, and (with ``verify``, when the step has a
-    ``checksums`` item) every leaf's fingerprint.
+    array is read), that orbax reads every item, and (with ``verify``) every leaf's fingerprint;
+    a step without a ``checksums`` item is restored with an :class:`UnverifiedCheckpointWarning`.
 
     Args:
         mngr: the ``CheckpointManager`` of the directory.
@@ -89,6 +90,13 @@ def read_state(
     meta = dict(restored[METADATA] or {}) if has_meta else {}
     if has_sums:
         integrity.verify(state, restored[CHECKSUMS], where)
+    elif verify:
+        warnings.warn(
+            f"{where} has no {CHECKSUMS}/ folder, so its arrays cannot be verified (a flipped "
+            "bit would go unnoticed); it was restored unverified",
+            UnverifiedCheckpointWarning,
+            stacklevel=3,
+        )
     return state, meta
 
 
