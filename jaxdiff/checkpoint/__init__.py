@@ -62,11 +62,16 @@ Reliability guarantees
   orbax can read every array, and every leaf matches the fingerprint recorded at save time
   (this catches bit flips that OCDBT does not, since array chunks carry no checksum; a step
   without a ``checksums`` item, e.g. saved with ``verify=False``, is restored without this last
-  check). A deleted, truncated or damaged file (``state/_METADATA``, ``state/manifest.ocdbt``,
-  ``state/d/*``, ``state/ocdbt.process_*/d/*``, ``metadata/metadata``, ...) makes one of these
-  checks fail. A corrupt or truncated step is skipped with a
-  :class:`CheckpointCorruptionWarning` that names it, and the next older step is tried; if none
-  is valid, :class:`CorruptCheckpointError` lists every step and why it was rejected.
+  check, with an :class:`UnverifiedCheckpointWarning` that names it). A deleted, truncated or
+  damaged file (``state/_METADATA``, ``state/manifest.ocdbt``, ``state/d/*``,
+  ``state/ocdbt.process_*/d/*``, ``metadata/metadata``, ...) makes one of these checks fail. A
+  corrupt or truncated step is skipped with a :class:`CheckpointCorruptionWarning` that names
+  it, and the next older step is tried; if none is valid, :class:`CorruptCheckpointError` lists
+  every step and why it was rejected.
+- **One line per problem.** Orbax, asyncio and tensorstore report a failed save or read again,
+  with tracebacks from every thread (hundreds to thousands of stderr lines); the first
+  :class:`Checkpointer` filters those reports for the rest of the process
+  (:mod:`~jaxdiff.checkpoint.quiet`; ``JAXDIFF_DEBUG=1`` keeps them).
 - **Configuration mismatch is an error, not corruption.** Before orbax reads any array, the saved
   tree structure, shapes and dtypes are compared with the restore target; the first difference
   raises ``ValueError`` naming the leaf path and both shapes/dtypes.
