@@ -47,9 +47,20 @@ def log(msg: str) -> None:
 
 
 def open_run_dir(
-    config: Any, cfg_dict: dict, may_differ: Sequence[str], derived: Sequence[str] = ()
+    config: Any,
+    cfg_dict: dict,
+    may_differ: Sequence[str],
+    derived: Sequence[str] = (),
+    *,
+    tunable: Sequence[str] = (),
+    reads: Mapping[str, Any] | None = None,
 ) -> Path:
     """``config.out`` prepared for this run (``prepare_run_dir``) on the main process.
+
+    The run records the experiment that writes it, named after the package of ``config``'s
+    class (``experiments.mnist``). ``tunable`` are the keys that may change on ``--resume``
+    with a warning (optimizer hyperparameters); ``reads`` the folders the command reads, by flag
+    (``{"--checkpoint": path}``), which ``--out`` must neither be, lie in nor contain.
 
     Other processes of a multi-process run only get the path: process 0 writes every file, and
     every process waits at a barrier until the folder is ready (``--overwrite`` included); then
@@ -61,7 +72,8 @@ def open_run_dir(
         try:
             out = prepare_run_dir(
                 config.out, cfg_dict, resume=config.resume, overwrite=config.overwrite,
-                may_differ=may_differ, derived=derived,
+                may_differ=may_differ, derived=derived, tunable=tunable, reads=reads,
+                experiment=".".join(type(config).__module__.split(".")[:2]),
             )  # fmt: skip
         except (OSError, ValueError) as e:
             error = e

@@ -21,8 +21,11 @@ import numpy as np
 from experiments._cli import field, run_main
 from jaxdiff.data import POINT_DATASETS
 from jaxdiff.evaluation import EVALUATION_KINDS, evaluate_samples
+from jaxdiff.outputs import probe_writable, write_json
 
 PROG = "python -m experiments.evaluate"
+#: What ``--out`` receives: a name of its own, so a training run's metrics.json is never replaced.
+EVALUATION_FILE = "evaluation.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +40,9 @@ class EvaluateConfig:
     (MNIST 28x28 or 32x32, digits 8x8), points (N, D) in data coordinates. The first MNIST
     evaluation trains the feature classifier (a couple of minutes on a CPU) and caches it in
     --cache-dir; the reference values are computed once and cached there too. One JSON object
-    goes to stdout (and to OUT/metrics.json with --out); progress bars and warnings go to
-    stderr. Bad arguments or inputs print one error line and exit with code 2.
+    goes to stdout (and to OUT/evaluation.json with --out, beside a run's own files, which it
+    leaves alone); progress bars and warnings go to stderr. Bad arguments or inputs print one
+    error line and exit with code 2.
     """
 
     samples: str = field("", "samples.npy to evaluate", default_text="required")
@@ -64,7 +68,7 @@ class EvaluateConfig:
         default_text="$TFDS_DATA_DIR",
     )
     out: str | None = field(
-        None, "also write the JSON to OUT/metrics.json", default_text="stdout only"
+        None, f"also write the JSON to OUT/{EVALUATION_FILE}", default_text="stdout only"
     )
     progress: bool = field(True, "progress bars on stderr while training a classifier")
 
@@ -103,13 +107,15 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 
 def main(config: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate the files named by ``config``; print the JSON (and write ``metrics.json``).
+    """Evaluate the files named by ``config``; print the JSON (and write ``evaluation.json``).
 
     Returns:
       :func:`jaxdiff.evaluation.evaluate_samples`'s dict.
     """
     samples = _load_npy(config.samples, "samples")
     labels = None if config.labels is None else _load_npy(config.labels, "labels")
+    if config.out is not None:
+        probe_writable(config.out)  # an unwritable --out fails now, not after the evaluation
     result = evaluate_samples(
         samples,
         config.kind,
@@ -119,12 +125,9 @@ def main(config: EvaluateConfig) -> dict[str, Any]:
         data_dir=config.data_dir,
         progress=config.progress,
     )
-    text = json.dumps(result, indent=2)
     if config.out is not None:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(text + "\n")
-    print(text)
+        write_json(Path(config.out) / EVALUATION_FILE, result)
+    print(json.dumps(result, indent=2))
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,53 @@ def test_missing_checkpoint_says_what_to_pass(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"no checkpoint in {empty / 'checkpoints'}" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_out_at_or_in_the_checkpoint_run_is_refused_and_deletes_nothing(
+    tiny_run, mnist_data_dir, capsys
+):
+    assert json.loads((tiny_run / "config.json").read_text())["experiment"] == "experiments.mnist"
+    before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
+    common = [*TINY_INPAINT, "--checkpoint", str(tiny_run), "--data-dir", str(mnist_data_dir)]
+    for out, flag, where in (
+        (tiny_run, "--overwrite", "is the --checkpoint folder"),
+        (tiny_run / "inpaint", "--no-overwrite", "lies inside --checkpoint"),
+    ):  # every combination of flags: tests/test_outputs.py
+        argv = [*common, "--out", str(out), flag]
+        assert run_main(inpaint.InpaintConfig, inpaint.main, argv, prog=inpaint.PROG) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert where in error and error.endswith("which this command reads; pick another --out")
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
+
+
+def _truncate_largest_data_file(step_dir: Path) -> None:
+    data = max((step_dir / "state").glob("ocdbt.process_*/d/*"), key=lambda f: f.stat().st_size)
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+
+
+def test_a_damaged_checkpoint_falls_back_with_a_few_lines_of_stderr(
+    tiny_run, mnist_data_dir, tmp_path
+):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    # A copy of step 3 named 2 stands in for an older checkpoint; then step 3 is damaged.
+    shutil.copytree(run / "checkpoints" / "3", run / "checkpoints" / "2")
+    _truncate_largest_data_file(run / "checkpoints" / "3")
+    out = tmp_path / "inpaint"
+    argv = [*TINY_INPAINT, "--checkpoint", str(run), "--out", str(out),
+            "--data-dir", str(mnist_data_dir)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "JAXDIFF_DEBUG"}
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.inpaint", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    # The fallback warning, the data source, the start line and the end line.
+    assert len(lines) <= 5, f"{len(lines)} lines:\n" + result.stderr[:3000]
+    corrupt = [line for line in lines if "is corrupt or incomplete" in line]
+    assert len(corrupt) == 1 and "step 3" in corrupt[0] and "trying step 2" in corrupt[0]
+    assert json.loads((out / "metrics.json").read_text())["checkpoint_step"] == 2
 
 
 @pytest.mark.parametrize(

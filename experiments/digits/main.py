@@ -35,7 +35,9 @@ def main(config: DigitsConfig) -> dict:
     spe = jdata.steps_per_epoch(len(images), config.batch_size)
     spec = model_spec(config)
     cfg_dict = {**dataclasses.asdict(config), SPEC_KEY: spec.to_json()}
-    out = open_run_dir(config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,))
+    out = open_run_dir(
+        config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate", "grad_clip")
+    )
 
     apply, params, schedule = spec.build()
     n_params = count_params(params)

@@ -41,7 +41,10 @@ def main(config: InpaintConfig) -> dict:
         image_size=size, limit=config.num_images, return_source=True,
     )  # fmt: skip
     log(f"data: {data_source}")
-    out = open_run_dir(config, dataclasses.asdict(config), ("resume", "overwrite"))
+    out = open_run_dir(
+        config, dataclasses.asdict(config), ("resume", "overwrite"),
+        reads={"--checkpoint": config.checkpoint},
+    )  # fmt: skip
     guidance = run.config.get("guidance_scale", 0.0) if run.num_classes else 0.0
     # Classifier-free guidance evaluates the conditional and the null label in one call of 2B.
     evals = model_evaluations(steps, config.resample_jumps, config.jump_length)

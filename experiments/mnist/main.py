@@ -51,7 +51,7 @@ def main(config: MnistConfig) -> dict:
             "lower --batch-size or raise --train-limit"
         )
     cfg_dict = {**dataclasses.asdict(config), SPEC_KEY: spec.to_json()}
-    out = open_run_dir(config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,))
+    out = open_run_dir(config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate",))
 
     # Model, schedule, compiled step.
     apply, params, schedule = spec.build()

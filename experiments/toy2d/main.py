@@ -49,7 +49,7 @@ def main(config: Toy2dConfig) -> dict:
     points = jdata.make_points(config.dataset, config.num_points, seed=config.seed)
     cfg_dict = dataclasses.asdict(config)
     main_process = is_main_process()
-    out = open_run_dir(config, cfg_dict, RESUMABLE)
+    out = open_run_dir(config, cfg_dict, RESUMABLE, tunable=("learning_rate", "grad_clip"))
 
     # Model: the conditional-linear MLP and the tutorial's optimiser.
     schedule = build_schedule(config)
