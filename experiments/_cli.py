@@ -9,16 +9,22 @@ the usage, and exit with code 2, before any work starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from jaxdiff.accelerator import unused_gpu_message
 from jaxdiff.data import DataNotFoundError
+from jaxdiff.loop import STALL_TIMEOUT, DivergenceError, TrainingInterrupted
 from jaxdiff.sharding import initialize_distributed
 from jaxdiff.xla_options import enable_compilation_cache, enable_deterministic_ops
 
@@ -55,8 +61,9 @@ class RunFlags:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedRunFlags(RunFlags):
-    """:class:`RunFlags`, ``--distributed`` (:func:`run_main` joins the processes) and
-    ``--deterministic`` (:func:`run_main` turns on XLA's deterministic GPU ops)."""
+    """:class:`RunFlags`, ``--distributed`` (:func:`run_main` joins the processes),
+    ``--deterministic`` (:func:`run_main` turns on XLA's deterministic GPU ops) and
+    ``--stall-timeout`` (how long a process waits for lost peers)."""
 
     distributed: bool = field(
         False,
@@ -68,6 +75,17 @@ class DistributedRunFlags(RunFlags):
         "bitwise-reproducible GPU runs: XLA's deterministic ops (--xla_gpu_deterministic_ops; "
         "slower); CPU runs are deterministic without it",
     )
+    stall_timeout: float = field(
+        STALL_TIMEOUT,
+        "with --distributed: seconds a process waits for its devices before it counts another "
+        "process as lost and stops with an error (longer waits are allowed once calls are seen "
+        "to take long)",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.stall_timeout > 0:
+            raise ValueError(f"--stall-timeout must be > 0 seconds, got {self.stall_timeout}")
 
 
 def _ordered_fields(cls: type) -> list[dataclasses.Field]:
@@ -202,23 +220,27 @@ _INPUT_ERRORS = (
 def run_main(
     cls: type[C], main: Callable[[C], Any], argv: Sequence[str] | None = None, *, prog: str
 ) -> int:
-    """Parse the config and run ``main``; expected user errors exit 2 with one clear line.
+    """Parse the config and run ``main``; every expected way to stop is one clear line.
 
-    ``ValueError`` and ``OSError`` raised by ``main`` are not bugs: missing or undownloadable
-    data, a refused or unwritable output directory, a full disk at a checkpoint save (the earlier
-    checkpoints stay intact). They print one ``prog: error: ...`` line without a traceback (set
-    ``JAXDIFF_DEBUG=1`` to see it) and exit with code 2; input errors about the command line
-    (a refused ``--out``, a missing ``--checkpoint``) also print the usage, errors about data do
-    not. Anything else is a bug and keeps its traceback.
+    - ``ValueError`` and ``OSError`` raised by ``main`` are not bugs: missing or undownloadable
+      data, a refused or unwritable output directory, a full disk at a checkpoint save (the
+      earlier checkpoints stay intact). One ``prog: error: ...`` line, exit code 2; errors about
+      the command line (a refused ``--out``, a missing ``--checkpoint``) also print the usage.
+    - Training diverged (:class:`jaxdiff.loop.DivergenceError`): one line naming the step and
+      the checkpoint kept, exit code 1.
+    - SIGINT (Ctrl-C) or SIGTERM: the training loop saves the newest state first
+      (:class:`jaxdiff.loop.TrainingInterrupted`); one line saying what was kept and how to
+      continue, exit code 130 or 143, as a shell reports a process ended by those signals.
+
+    ``JAXDIFF_DEBUG=1`` shows the traceback instead. Anything else is a bug and keeps its
+    traceback; warnings print as one ``prog: warning: ...`` line.
 
     A config with ``deterministic=True`` (``--deterministic``) first adds XLA's deterministic
     GPU ops to ``XLA_FLAGS`` (:func:`jaxdiff.xla_options.enable_deterministic_ops`); one with
     ``distributed=True`` (``--distributed``) then joins the multi-process run
-    (:func:`jaxdiff.sharding.initialize_distributed`: ``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` or the cluster's own variables). Before ``main``
-    starts, a visible NVIDIA GPU that JAX does not use gets one warning line with
-    the install command, and compiled programs are cached on disk
-    (:func:`jaxdiff.xla_options.enable_compilation_cache`) so that a rerun skips compilation.
+    (:func:`jaxdiff.sharding.initialize_distributed`). Before ``main`` starts, a visible NVIDIA
+    GPU that JAX does not use gets one warning line with the install command, and compiled
+    programs are cached on disk (:func:`jaxdiff.xla_options.enable_compilation_cache`).
     """
     parser = build_parser(cls, prog=prog)
     config = _parse(parser, cls, argv)
@@ -231,19 +253,73 @@ def run_main(
     if gpu_warning:
         print(f"{prog}: {gpu_warning}", file=sys.stderr)
     try:
-        main(config)
-    except (ValueError, OSError) as e:
+        with _one_line_warnings(prog), _terminate_as_exception(config):
+            main(config)
+    except (ValueError, OSError, DivergenceError) as e:
         if os.environ.get("JAXDIFF_DEBUG"):
             raise
         if isinstance(e, _INPUT_ERRORS) and not isinstance(e, DataNotFoundError):
             # a bad command line: show how to call it
             parser.print_usage(sys.stderr)
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        return 1 if isinstance(e, DivergenceError) else 2
+    except TrainingInterrupted as e:
+        print(f"{prog}: {e}; {_how_to_continue(config)}", file=sys.stderr)
+        return e.exit_code
+    except (KeyboardInterrupt, _Terminated) as e:
+        signum = signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT
         print(
-            f"{prog}: interrupted; rerun the same command with --resume to continue",
+            f"{prog}: {signal.Signals(signum).name} received; stopped; {_how_to_continue(config)}",
             file=sys.stderr,
         )
-        return 130
+        return 128 + int(signum)
     return 0
+
+
+def _how_to_continue(config: Any) -> str:
+    """What to run next after an interrupt: ``--resume`` where ``--out`` holds a run."""
+    out = getattr(config, "out", None)
+    if hasattr(config, "resume") and out is not None and (Path(out) / "config.json").is_file():
+        return "rerun the same command with --resume to continue"
+    return "rerun the same command to start again"
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the training loop (which handles it itself), as an exception."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception(config: Any) -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` in the main thread, so a scheduler's stop ends the
+    command with a message and exit code 143 rather than silently. In a multi-process run JAX's
+    preemption service owns SIGTERM (the training loop polls it) and it is left alone."""
+
+    def raise_terminated(signum, frame):
+        raise _Terminated
+
+    if (
+        getattr(config, "distributed", False)
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(prog: str) -> Iterator[None]:
+    """Warnings print as one ``prog: warning: ...`` line (not Python's two-line format)."""
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"{prog}: warning: {message}\n"
+
+    original = warnings.formatwarning
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original

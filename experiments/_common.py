@@ -19,7 +19,7 @@ import jax
 
 from jaxdiff import plotting
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.loop import fit
+from jaxdiff.loop import STALL_TIMEOUT, fit
 from jaxdiff.outputs import MetricsLog, prepare_run_dir, read_metrics
 from jaxdiff.sharding import is_main_process, main_process_succeeded, processes_without
 from jaxdiff.train import Trainer, TrainState
@@ -167,7 +167,7 @@ def train(
             metrics_log=metrics_log,
             hooks=list(hooks),
             progress=config.progress,
-            description="train",
+            stall_timeout=getattr(config, "stall_timeout", STALL_TIMEOUT),
         )
     return state, records, time.perf_counter() - start
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,8 @@ import pytest
 from flax import nnx
 
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.loop import NonFiniteLossError, fit, steps_per_second
+from jaxdiff.loop import DivergenceError, DivergenceRule, TrainingInterrupted, fit, steps_per_second
+from jaxdiff.loop.health import Health, check_health
 from jaxdiff.models import SinusoidalMLP, split_model
 from jaxdiff.outputs import MetricsLog, read_metrics
 from jaxdiff.schedules import make_schedule
@@ -115,7 +119,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_pat
         )
         # put_data refuses NaN host data; a poisoned array already on the device gets through
         bad = trainer.put_data({"x": jnp.full(x.shape, jnp.nan, x.dtype)})
-        with pytest.raises(NonFiniteLossError, match=r"not finite at step 4.*step 3") as err:
+        with pytest.raises(
+            DivergenceError, match=r"diverged at step 4: the loss is nan.*step 3"
+        ) as e:
             fit(
                 trainer,
                 state,
@@ -125,7 +131,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_pat
                 checkpointer=ckpt,
                 progress=False,
             )
-        assert err.value.step == 4
+        assert e.value.step == 4 and e.value.last_checkpoint == 3
         assert ckpt.all_steps() == [3]  # the bad state was never saved
 
 
@@ -162,9 +168,9 @@ def test_bad_arguments(setup):
     trainer, params, x = setup
     data = trainer.put_data({"x": x})
     state = trainer.init_state(params, 0)
-    with pytest.raises(ValueError, match="num_steps must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="must be >= 1, got 0, 8, "):
         fit(trainer, state, data, num_steps=0, batch_size=BATCH)
-    with pytest.raises(ValueError, match="hook interval must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"hook intervals must be >= 1, got 2, 8, \[0\]"):
         fit(trainer, state, data, num_steps=2, batch_size=BATCH, hooks=[(0, print)])
     state, _ = fit(trainer, state, data, num_steps=3, batch_size=BATCH, progress=False)
     with pytest.raises(ValueError, match="already at step 3, beyond num_steps=2"):
@@ -190,24 +196,61 @@ def test_fit_uses_no_host_batches_for_on_device_data(setup):
         )
 
 
-def test_interrupt_saves_the_newest_state(setup, tmp_path):
-    """Ctrl-C between calls keeps the work: the state at the interrupt is checkpointed."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_call_and_saves_its_state(setup, tmp_path, signum):
+    """A real SIGINT or SIGTERM (sent from a hook after step 4) is honoured after the next call:
+    the state at step 6 is checked, saved and the loop raises TrainingInterrupted; the handlers
+    are put back afterwards. Subprocess tests (tests/test_interrupts.py) send it from outside."""
     trainer, params, x = setup
+    before = signal.getsignal(signum)
 
-    def interrupt(step, state):
+    def send(step, state):
         if step == 4:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
 
     with Checkpointer(tmp_path / "c", save_every=100, async_save=False) as ckpt:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(TrainingInterrupted, match="at step 6 is saved") as e:
             fit(
                 trainer, trainer.init_state(params, 0), trainer.put_data({"x": x}),
-                num_steps=9, batch_size=BATCH, checkpointer=ckpt, hooks=[(2, interrupt)],
+                num_steps=9, batch_size=BATCH, checkpointer=ckpt, hooks=[(2, send)],
                 progress=False,
             )  # fmt: skip
-        assert ckpt.all_steps() == [4]
+        assert (e.value.signum, e.value.step, e.value.exit_code) == (signum, 6, 128 + signum)
+        assert ckpt.all_steps() == [6]
         restored, _ = ckpt.restore(trainer.init_state(params, 0))
-        assert int(restored.step) == 4
+        assert int(restored.step) == 6
+    assert signal.getsignal(signum) is before
+
+
+def test_health_rule_on_hand_made_losses():
+    rule = DivergenceRule(factor=10.0, decay=0.5, warmup=2)
+    # the running mean: 1, then 0.5 * 1 + 0.5 * 3 = 2; 25 > 10 * 2 is divergence at index 2
+    health, bad, why = check_health(rule, Health(), np.array([1.0, 3.0, 25.0, 1.0]), None)
+    assert (bad, health) == (2, Health(2.0, 2)) and "over 10 times its running mean 2" in why
+    # 19 < 10 * 2 is not; and a spike during the warm-up never counts
+    assert check_health(rule, Health(), np.array([1.0, 3.0, 19.0]), None)[1] is None
+    assert check_health(rule, Health(), np.array([1.0, 1e9]), None)[1] is None
+    # non-finite values count from the first step, the gradient norm too
+    assert check_health(rule, Health(), np.array([np.inf]), None)[1:] == (0, "the loss is inf")
+    bad_grad = check_health(rule, Health(), np.array([1.0, 1.0]), np.array([1.0, np.nan]))
+    assert bad_grad[1:] == (1, "the gradient norm is nan")
+
+
+def test_an_exploding_loss_stops_training_before_it_is_saved(setup, tmp_path):
+    """A learning rate of 1 makes the loss jump from ~1.5 to ~4e4 at step 2, still finite; the
+    rule stops there (over 100x its running mean) and no later state is checkpointed."""
+    _, params, x = setup
+    _, _, apply = split_model(SinusoidalMLP(2, hidden=16, depth=1, time_dim=8, rngs=nnx.Rngs(0)))
+    config = TrainConfig(learning_rate=1.0, grad_clip_norm=None, steps_per_call=3, unroll=1)
+    trainer = Trainer(apply, make_schedule("linear", num_steps=20), config)
+    with Checkpointer(tmp_path / "c", save_every=1, async_save=False) as ckpt:
+        with pytest.raises(DivergenceError, match="over 100 times its running mean") as e:
+            fit(
+                trainer, trainer.init_state(params, 0), trainer.put_data({"x": x}),
+                num_steps=200, batch_size=BATCH, checkpointer=ckpt, progress=False,
+                divergence=DivergenceRule(warmup=1),
+            )  # fmt: skip
+        assert ckpt.all_steps()[-1] == e.value.step - 1 == e.value.last_checkpoint
 
 
 def test_the_gpu_style_loop_reads_metrics_once_per_call_one_call_behind(setup, monkeypatch):

@@ -91,7 +91,7 @@ class DigitsConfig(DistributedRunFlags):
 RESUMABLE = (
     "epochs", "train_steps", "sampler", "sample_steps", "num_samples", "evaluate", "cache_dir",
     "resume", "overwrite", "progress", "keep_checkpoints", "checkpoint_every", "steps_per_call",
-    "distributed", "deterministic",
+    "distributed", "deterministic", "stall_timeout",
 )  # fmt: skip
 
 #: Timesteps of the forward-process figure (of T = 1000; scaled to other T).

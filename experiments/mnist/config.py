@@ -225,7 +225,7 @@ class MnistConfig(DistributedRunFlags):
 RESUMABLE = (
     "train_steps", "sampler", "sample_steps", "num_samples", "guidance_scale", "sample_every",
     "evaluate", "cache_dir", "data_dir", "resume", "overwrite", "progress", "keep_checkpoints",
-    "steps_per_call", "distributed", "deterministic",
+    "steps_per_call", "distributed", "deterministic", "stall_timeout",
 )  # fmt: skip
 
 

@@ -133,7 +133,7 @@ RESUMABLE = (
     "epochs", "train_steps", "sampler", "sample_steps", "variance", "num_samples", "gif_frames",
     "evaluate",
     "cache_dir", "resume", "overwrite", "progress", "keep_checkpoints", "checkpoint_every",
-    "steps_per_call", "distributed", "deterministic",
+    "steps_per_call", "distributed", "deterministic", "stall_timeout",
 )  # fmt: skip
 
 
