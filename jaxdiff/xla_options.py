@@ -80,11 +80,19 @@ def enable_compilation_cache(
     TPU this saves the minutes the U-Net's training step and sampler take to compile; the
     executables are the same, so results do not change.
 
+    Not in a multi-process run on CPUs: there (JAX 0.12, gloo collectives) a process that loads
+    the training step from the cache and one that compiles it afresh (cache keys differ between
+    processes, and only process 0 writes entries) deadlock in their first collective, so every
+    process compiles.
+
     Returns:
-      the cache folder in use, or ``None`` when it cannot be created (then nothing is cached).
+      the cache folder in use, or ``None`` when it cannot be created or is not used (then
+      nothing is cached).
     """
     from jaxdiff._paths import resolve_cache_dir
 
+    if jax.distributed.is_initialized() and jax.default_backend() == "cpu":
+        return None
     current = jax.config.jax_compilation_cache_dir
     if current:
         return Path(current)

@@ -248,7 +248,6 @@ def test_an_exploding_loss_stops_training_before_it_is_saved(setup, tmp_path):
             fit(
                 trainer, trainer.init_state(params, 0), trainer.put_data({"x": x}),
                 num_steps=200, batch_size=BATCH, checkpointer=ckpt, progress=False,
-                divergence=DivergenceRule(warmup=1),
             )  # fmt: skip
         assert ckpt.all_steps()[-1] == e.value.step - 1 == e.value.last_checkpoint
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ TOY2D = [
     "--num-timesteps", "20", "--beta-end", "0.5", "--num-samples", "64", "--steps-per-call", "10",
     "--checkpoint-every", "10", "--gif-frames", "2", "--no-evaluate", "--no-progress",
 ]  # fmt: skip
+TOY2D_STEPS = 3000  # long enough that a signal sent after step 100 lands mid-training
 
 
 def _free_port() -> int:
@@ -93,26 +96,71 @@ def _losses(run: Path) -> np.ndarray:
     return np.array([json.loads(line)["loss"] for line in lines])
 
 
-def test_toy2d_as_two_processes_equals_one_process_and_resumes(tmp_path):
+def _wait_for_lines(path: Path, n: int, procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    deadline = time.monotonic() + 300
+    while not path.exists() or path.read_bytes().count(b"\n") < n:
+        for proc, log in zip(procs, logs, strict=True):
+            assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not start within 300 s"
+        time.sleep(0.01)
+
+
+def test_toy2d_as_two_processes_stops_together_on_sigterm_and_resumes_exactly(tmp_path):
+    """SIGTERM to process 1 alone (a preemption notice) stops both processes after the same
+    call: both save that step and exit 143; the resumed run then equals one process with two
+    devices, loss for loss and sample for sample."""
     two, one = tmp_path / "two", tmp_path / "one"
-    _run_two_processes(tmp_path, [*TOY2D, "--train-steps", "20", "--out", str(two)], "two-20")
-    _run_two_processes(
-        tmp_path, [*TOY2D, "--train-steps", "30", "--resume", "--out", str(two)], "two-30"
-    )
+    run = [*TOY2D, "--train-steps", str(TOY2D_STEPS), "--checkpoint-every", "1000"]
+    procs = _launch_two(tmp_path, [*run, "--out", str(two)], "two")
+    logs = [tmp_path / f"two-{i}.log" for i in range(2)]
+    try:
+        _wait_for_lines(two / "metrics.jsonl", 100, procs, logs)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert codes == [143, 143], [log.read_text()[-3000:] for log in logs]
+    saved = sorted(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 100 <= saved[0] < TOY2D_STEPS, saved
+    for log in logs:
+        assert f"step {saved[0]} is saved" in log.read_text(), log.read_text()[-3000:]
+
+    _run_two_processes(tmp_path, [*run, "--resume", "--out", str(two)], "two-resumed")
     # The reference also checks that --deterministic (XLA's GPU flag) runs, unchanged, on a CPU.
-    _run_one_process(
-        tmp_path, [*TOY2D, "--train-steps", "30", "--deterministic", "--out", str(one)], "one-30"
-    )
+    _run_one_process(tmp_path, [*run, "--deterministic", "--out", str(one)], "one")
     losses = _losses(two)
-    assert len(losses) == 30  # every step logged once, by process 0 only, across the resume
+    assert len(losses) == TOY2D_STEPS  # every step logged once, by process 0 only
     np.testing.assert_allclose(losses, _losses(one), rtol=1e-6)
     np.testing.assert_allclose(
         np.load(two / "samples.npy"), np.load(one / "samples.npy"), atol=1e-5
     )
-    assert sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.isdigit()) == [
-        "10", "20", "30",
-    ]  # fmt: skip
-    assert "resumed from the checkpoint at step 20" in (tmp_path / "two-30-0.log").read_text()
+    resumed = f"resumed from the checkpoint at step {saved[0]}"
+    assert resumed in (tmp_path / "two-resumed-0.log").read_text()
+
+
+def test_a_hung_process_stops_the_other_within_the_stall_timeout(tmp_path):
+    """Process 1 hangs (SIGSTOP) mid-training: process 0, waiting in a collective that cannot
+    finish, stops with one error line after --stall-timeout instead of gloo's 30 minutes."""
+    out = tmp_path / "run"
+    run = [*TOY2D, "--train-steps", str(TOY2D_STEPS), "--checkpoint-every", "1000"]
+    procs = _launch_two(tmp_path, [*run, "--stall-timeout", "10", "--out", str(out)], "hung")
+    logs = [tmp_path / f"hung-{i}.log" for i in range(2)]
+    try:
+        _wait_for_lines(out / "metrics.jsonl", 100, procs, logs)
+        procs[1].send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        code = procs[0].wait(timeout=240)
+        waited = time.monotonic() - start
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    log = logs[0].read_text()
+    assert code == 1 and 10 <= waited < 120, (code, waited, log[-3000:])
+    assert "another process of this run has stopped or hangs" in log, log[-3000:]
+    assert "Traceback" not in log
 
 
 def test_an_out_folder_one_process_cannot_see_stops_every_process(tmp_path):

@@ -22,8 +22,8 @@ Modules: :mod:`~jaxdiff.checkpoint.manager` (the :class:`Checkpointer`),
 What orbax does and what jaxdiff adds
 -------------------------------------
 Orbax's ``CheckpointManager`` decides which calls to ``save`` write (its save decision policy:
-every ``save_every``-th step, or when JAX's preemption sync point is reached; ``force=True``
-overrides it), keeps the newest ``max_to_keep`` steps (its preservation policy), writes in a
+every ``save_every``-th step; ``force=True`` overrides it, as the training loop does on a
+preemption), keeps the newest ``max_to_keep`` steps (its preservation policy), writes in a
 background thread, commits atomically and deletes leftover temporary directories. jaxdiff adds
 a fingerprint of every leaf and a check of it after restore, the fallback to the newest intact
 step, errors that name the leaf of a mismatched configuration, and save errors that name the

@@ -1,12 +1,13 @@
 """:class:`Checkpointer`: orbax's ``CheckpointManager`` with integrity checks and clear errors.
 
-Orbax decides when a step is saved (its save decision policy: every ``save_every`` steps, or
-when a preemption is signalled), which steps are kept (its preservation policy: the newest
-``max_to_keep``), writes asynchronously, commits atomically and removes leftover temporary
-directories. This wrapper adds what orbax lacks: every leaf's fingerprint saved beside the state
-and checked after a restore, a fallback to the newest intact step, errors that name the leaf of
-a mismatched configuration, and save errors that name the directory and the step. It reports
-each failure in one line, so orbax's own reports of it are filtered (:mod:`.quiet`).
+Orbax decides when a step is saved (its save decision policy: every ``save_every`` steps; a
+preemption is the training loop's to detect, :mod:`jaxdiff.loop.stop`), which steps are kept
+(its preservation policy: the newest ``max_to_keep``), writes asynchronously, commits
+atomically and removes leftover temporary directories. This wrapper adds what orbax lacks: every
+leaf's fingerprint saved beside the state and checked after a restore, a fallback to the newest
+intact step, errors that name the leaf of a mismatched configuration, and save errors that name
+the directory and the step. It reports each failure in one line, so orbax's own reports of it
+are filtered (:mod:`.quiet`).
 """
 
 from __future__ import annotations
@@ -34,15 +35,12 @@ from jaxdiff.checkpoint.trees import abstract_state
 __all__ = ["Checkpointer"]
 
 
-def _save_decision_policy(save_every: int | None) -> ocp.checkpoint_managers.AnySavePolicy:
-    """Every ``save_every``-th step (every step for ``None``), and whenever JAX's preemption
-    sync point is reached (a TPU/GPU cluster about to stop the job)."""
-    return ocp.checkpoint_managers.AnySavePolicy(
-        [
-            ocp.checkpoint_managers.FixedIntervalPolicy(save_every or 1),
-            ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
-        ]
-    )
+def _save_decision_policy(save_every: int | None) -> ocp.checkpoint_managers.FixedIntervalPolicy:
+    """Every ``save_every``-th step (every step for ``None``). Not orbax's preemption policy:
+    JAX's preemption sync point must be polled with consecutive ids on every process, and the
+    training loop does that once per compiled call (:mod:`jaxdiff.loop.stop`), then saves with
+    ``force=True``; orbax polling it too with step numbers would break the sequence."""
+    return ocp.checkpoint_managers.FixedIntervalPolicy(save_every or 1)
 
 
 class Checkpointer:
@@ -161,7 +159,7 @@ class Checkpointer:
 
     def should_save(self, step: int) -> bool:
         """Whether :meth:`save` would write ``step`` without ``force``: orbax's answer (``step``
-        is a multiple of ``save_every`` or a preemption is signalled, and ``step`` is newer than
+        is a multiple of ``save_every``, and ``step`` is newer than
         every saved step). Always ``False`` when ``read_only``. Every process of a
         multi-process run gets the same answer."""
         self._check_open()
