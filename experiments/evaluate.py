@@ -7,20 +7,17 @@ line (with the project's dataclass -> argparse helper, :mod:`experiments._cli`) 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from experiments._cli import field, run_main
 from jaxdiff.data import POINT_DATASETS
 from jaxdiff.evaluation import EVALUATION_KINDS, evaluate_samples
+from jaxdiff.evaluation.evaluate import load_sample_file
 from jaxdiff.outputs import probe_writable, write_json
 
 PROG = "python -m experiments.evaluate"
@@ -94,26 +91,14 @@ class EvaluateConfig:
             raise ValueError("--labels is only used with image samples (--kind mnist or digits).")
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file {path} does not exist.") from None
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"cannot read {what} file {path} as a NumPy .npy array ({err}); save it with "
-            "np.save(path, array) (numeric arrays only, no pickled objects)."
-        ) from None
-
-
 def main(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate the files named by ``config``; print the JSON (and write ``evaluation.json``).
 
     Returns:
       :func:`jaxdiff.evaluation.evaluate_samples`'s dict.
     """
-    samples = _load_npy(config.samples, "samples")
-    labels = None if config.labels is None else _load_npy(config.labels, "labels")
+    samples = load_sample_file(config.samples, "samples")
+    labels = None if config.labels is None else load_sample_file(config.labels, "labels")
     if config.out is not None:
         probe_writable(config.out)  # an unwritable --out fails now, not after the evaluation
     result = evaluate_samples(
@@ -131,24 +116,9 @@ def main(config: EvaluateConfig) -> dict[str, Any]:
     return result
 
 
-def _short_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
-
-
-@contextlib.contextmanager
-def _one_line_warnings() -> Iterator[None]:
-    original = warnings.formatwarning
-    warnings.formatwarning = _short_warning
-    try:
-        yield
-    finally:
-        warnings.formatwarning = original
-
-
 def cli(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: the exit code (2, with one error line, on bad input)."""
-    with _one_line_warnings():
-        return run_main(EvaluateConfig, main, argv, prog=PROG)
+    return run_main(EvaluateConfig, main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -448,7 +448,8 @@ def test_cli_points_writes_json(tmp_path, capsys):
     with pytest.warns(UserWarning, match="only 300 samples"):
         assert evaluate_cli.cli(argv) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads((tmp_path / "metrics.json").read_text())
+    assert printed == json.loads((tmp_path / evaluate_cli.EVALUATION_FILE).read_text())
+    assert not (tmp_path / "metrics.json").exists()
     assert printed["dataset"] == "moons"
     assert set(printed["metrics"]["mmd2_rbf"]) == {"samples", "real", "noise"}
 
