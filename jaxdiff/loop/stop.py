@@ -24,15 +24,15 @@ __all__ = ["StopRequests", "TrainingInterrupted"]
 
 class TrainingInterrupted(Exception):
     """Training stopped on a signal. ``signum`` is the signal (SIGINT or SIGTERM); ``step`` the
-    step whose state was checkpointed (``None`` when nothing newer than the last checkpoint was
-    trained); ``exit_code`` is 128 + the signal number, as a shell reports it."""
+    step whose state was checkpointed (``None`` when the loop had no checkpointer);
+    ``exit_code`` is 128 + the signal number, as a shell reports it."""
 
     def __init__(self, signum: int, step: int | None):
         self.signum = signum
         self.step = step
         self.exit_code = 128 + int(signum)
         name = signal.Signals(signum).name
-        saved = f"the state at step {step} is saved" if step is not None else "nothing new to save"
+        saved = f"the state at step {step} is saved" if step is not None else "nothing was saved"
         super().__init__(f"{name} received: training stopped between steps; {saved}")
 
 
