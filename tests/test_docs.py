@@ -34,7 +34,8 @@ BAD_INPUT = re.compile(r"<!-- bad-input-table:start -->.*?<!-- bad-input-table:e
 # second is the main job as users copy it.
 TEST_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest'
 MAIN_JOB = (
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && python -m experiments.mnist"
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . "
+    "&& python -m experiments.mnist"
 )
 README_MAX_LINES = 200
 
