@@ -21,22 +21,25 @@ same images, shuffled differently).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import hashlib
 import io
 import os
 import re
-import tempfile
-import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from jaxdiff._paths import resolve_cache_dir
+from jaxdiff.data.array_cache import (
+    DataCacheWarning,
+    commit_cache_file,
+    discard,
+    open_cache_file,
+    read_cache,
+)
 from jaxdiff.data.download import (
     DataNotFoundError,
     FileSpec,
@@ -46,11 +49,6 @@ from jaxdiff.data.download import (
 )
 from jaxdiff.data.idx import gunzip_idx
 from jaxdiff.data.images import resize_bilinear
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no advisory locks, so leftover temporaries go by age alone
-    fcntl = None
 
 __all__ = ["IDX_DATASETS", "DataCacheWarning", "IdxDataset", "load_mnist"]
 
@@ -182,109 +180,6 @@ def _mirror_fix(ds: IdxDataset) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-class DataCacheWarning(UserWarning):
-    """A cached decoded data set could not be read (truncated, damaged) and is being rebuilt."""
-
-
-def _read_cache(
-    path: Path, n_expected: int | None, rebuild: str
-) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """``(images, labels, origin)`` from a cache file; ``None`` if it is absent or unreadable.
-
-    An unreadable file (truncated, bit-flipped, foreign) is derived data: the caller rebuilds it
-    from its source, named by ``rebuild`` in the one-line :class:`DataCacheWarning`.
-    """
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            images, labels, origin = z["images"], z["labels"], str(z["origin"])
-        if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"it holds images {images.shape} {images.dtype}, labels {labels.shape}"
-            )
-        if n_expected is not None and images.shape[0] != n_expected:
-            raise ValueError(f"it holds {images.shape[0]} images, expected {n_expected}")
-    except Exception as err:  # zipfile.BadZipFile, zlib.error, EOFError, ...: all mean rebuild
-        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line
-        warnings.warn(
-            f"the decoded data cache {path} is unreadable ({reason}); rebuilding it from "
-            f"{rebuild}.",
-            DataCacheWarning,
-            stacklevel=4,
-        )
-        return None
-    return images, labels, origin
-
-
-def _open_cache_file(path: Path, ds: IdxDataset) -> tuple[int, str]:
-    """Create ``path``'s folder and a temporary file beside it (fails before any download).
-
-    The file is locked while this process lives, so :func:`_abandoned` tells it from one that a
-    killed run left behind.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as err:
-        raise DataNotFoundError(
-            f"cannot write the {ds.title} cache folder {path.parent} "
-            f"({err.strerror or err}). Set JAXDIFF_CACHE_DIR to a folder you can write to."
-        ) from None
-    if fcntl is not None:
-        with contextlib.suppress(OSError):  # a file system without locks: swept by age alone
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd, tmp
-
-
-def _discard(fd: int, tmp: str) -> None:
-    """Close and delete an unfinished temporary file."""
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
-
-
-def _abandoned(part: Path) -> bool:
-    """Whether the temporary file ``part`` was left by a run that died (killed mid-download or
-    mid-write): no live process holds its lock. A file touched in the last few seconds is never
-    taken (its writer may be between creating and locking it, or closing and renaming it); where
-    locks are unavailable, only a file over an hour old is."""
-    age = time.time() - part.stat().st_mtime
-    if fcntl is None or age < 5:
-        return age > 3600
-    with open(part, "rb") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live writer holds it
-            return False
-        except OSError:  # no locks on this file system
-            return age > 3600
-    return True
-
-
-def _commit_cache_file(
-    fd: int, tmp: str, path: Path, images: np.ndarray, labels: np.ndarray, origin: str
-) -> None:
-    """Write the arrays into ``tmp`` and rename it over ``path`` (atomic: readers see the old
-    file or the new one, never half of one; concurrent writers of the same data both succeed).
-    If anything fails, even an interrupt, ``tmp`` is deleted; then the temporaries of runs that
-    died are."""
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels, origin=np.str_(origin))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    for part in path.parent.glob(".*.part"):
-        with contextlib.suppress(OSError):  # gone already, or not ours to read
-            if _abandoned(part):
-                part.unlink()
-
-
 # --------------------------------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------------------------------
@@ -318,7 +213,7 @@ def _from_tfds(
     path = cache / "datasets" / ds.name / f"tfds-{key}" / f"{split}.npz"
     description = f"tensorflow-datasets {ds.name} {builder.info.version} at {where}"
     n = builder.info.splits[split].num_examples
-    cached = _read_cache(path, n, f"the tensorflow-datasets copy at {where}")
+    cached = read_cache(path, n, f"the tensorflow-datasets copy at {where}")
     if cached is not None:
         return cached[0], cached[1], f"{description} (decoded copy cached in {path.parent})"
 
@@ -338,8 +233,8 @@ def _from_tfds(
             "or point at another one."
         )
     try:
-        fd, tmp = _open_cache_file(path, ds)
-        _commit_cache_file(fd, tmp, path, images, labels, description)
+        fd, tmp = open_cache_file(path, ds.title)
+        commit_cache_file(fd, tmp, path, images, labels, description)
         description += f" (decoded once, cached in {path.parent})"
     except OSError as err:  # a read-only cache only costs the decoding (DataNotFoundError too)
         description += f" (decoded; not cached: {err})"
@@ -366,7 +261,7 @@ def _from_idx(
     """The split from the cache, else downloaded, verified, decoded and cached."""
     path = cache / "datasets" / ds.name / "idx" / f"{split}.npz"
     base = os.environ.get(f"{ds.env_prefix}_URL") or ds.url
-    cached = _read_cache(path, None, f"the {ds.title} IDX files, downloaded again from {base}")
+    cached = read_cache(path, None, f"the {ds.title} IDX files, downloaded again from {base}")
     if cached is not None:
         return cached[0], cached[1], f"{cached[2]} (cached in {path.parent})"
     if not download:
@@ -396,7 +291,7 @@ def _from_idx(
             )
         specs.update(table)
 
-    fd, tmp = _open_cache_file(path, ds)  # an unwritable cache fails here, before downloading
+    fd, tmp = open_cache_file(path, ds.title)  # an unwritable cache fails here, before downloading
     try:
         arrays = []
         for name in _SPLITS[split]:
@@ -420,10 +315,10 @@ def _from_idx(
                 "uint8 and (N,) uint8 in 0..9. " + _mirror_fix(ds)
             )
     except BaseException:  # failed or interrupted (Ctrl-C too): leave nothing behind
-        _discard(fd, tmp)
+        discard(fd, tmp)
         raise
     origin = f"{ds.title} IDX files from {base} (size and SHA-256 verified)"
-    _commit_cache_file(fd, tmp, path, images, labels, origin)
+    commit_cache_file(fd, tmp, path, images, labels, origin)
     return images, labels, f"{origin}, downloaded now (cached in {path.parent})"
 
 
