@@ -8,7 +8,8 @@ The core API works on arrays and needs no model::
     mean, var, log_var = jaxdiff.q_posterior(s, x0, x_t, t)
     x_prev = jaxdiff.ddpm_step(s, eps, x_t, t, noise, variance="posterior")
     x_prev = jaxdiff.ddim_step(s, eps, x_t, t, t_prev, noise, eta=0.0)
-    out = jaxdiff.sample(apply, params, s, (64, 28, 28, 1), key, sampler="dpm++", steps=20)
+    out = jaxdiff.sample(apply, params, s, (64, 28, 28, 1), key,
+                         solver=jaxdiff.samplers.DDIM(eta=0.5), steps=20)
 
 Models, training, checkpoints, data, metrics and plots live in their submodules
 (``jaxdiff.models``, ``jaxdiff.train``, ``jaxdiff.loop``, ``jaxdiff.checkpoint``, ...), so that
@@ -37,7 +38,17 @@ from jaxdiff.parameterization import (
     x0_from_v,
 )
 from jaxdiff.reverse import VARIANCES, ddim_step, ddpm_step, model_log_variance, q_posterior
-from jaxdiff.samplers import SAMPLERS, SampleResult, sample, step_sequence
+from jaxdiff.samplers import (
+    SAMPLERS,
+    SOLVERS,
+    Guidance,
+    Inpaint,
+    Loop,
+    SampleResult,
+    Solver,
+    sample,
+    step_sequence,
+)
 from jaxdiff.schedules import (
     SCHEDULE_KINDS,
     Schedule,
@@ -53,9 +64,14 @@ __all__ = [
     "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULE_KINDS",
+    "SOLVERS",
     "VARIANCES",
+    "Guidance",
+    "Inpaint",
+    "Loop",
     "SampleResult",
     "Schedule",
+    "Solver",
     "TerminalSignalWarning",
     "bits_per_dim",
     "check_terminal_signal",

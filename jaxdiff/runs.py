@@ -8,7 +8,8 @@ rebuild the model and restore its EMA parameters, whichever experiment wrote the
 
     run = load_run("runs/mnist")
     out = sample(run.apply, run.params, run.schedule, (16, *run.spec.image_shape), key,
-                 num_classes=run.num_classes, prediction=run.spec.train.prediction)
+                 solver=DDIM(prediction=run.spec.train.prediction),
+                 guidance=Guidance(num_classes=run.num_classes) if run.num_classes else None)
 """
 
 from __future__ import annotations

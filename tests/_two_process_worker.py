@@ -166,18 +166,21 @@ def sample_cases():
     inpainting runs of 13 samples (not a multiple of the device count: padding is exercised)."""
     import numpy as np
 
+    from jaxdiff.samplers import Guidance, Inpaint, Loop
+
     labels = (np.arange(13) % NUM_CLASSES).astype(np.int32)
     mask = np.zeros((13, DIM), bool)
     mask[:, :2] = True
     return {
         "ddpm_guided_chunked": dict(
-            sampler="ddpm", steps=10, num_classes=NUM_CLASSES, labels=labels,
-            guidance_scale=1.0, chunk_size=6,
+            solver="ddpm", steps=10,
+            guidance=Guidance(1.0, labels=labels, num_classes=NUM_CLASSES),
+            loop=Loop(chunk_size=6),
         ),
-        "dpmpp_recorded": dict(sampler="dpm++", steps=8, num_classes=NUM_CLASSES,
-                               record=(0, 3, -1)),
-        "ddim_inpaint": dict(sampler="ddim", steps=6, num_classes=NUM_CLASSES, mask=mask,
-                             known=np.full((13, DIM), 0.5, np.float32)),
+        "dpmpp_recorded": dict(solver="dpm++", steps=8,
+                               guidance=Guidance(num_classes=NUM_CLASSES), record=(0, 3, -1)),
+        "ddim_inpaint": dict(solver="ddim", steps=6, guidance=Guidance(num_classes=NUM_CLASSES),
+                             inpaint=Inpaint(mask, np.full((13, DIM), 0.5, np.float32))),
     }  # fmt: skip
 
 
@@ -223,12 +226,13 @@ def sampling_collectives(apply, params, schedule) -> dict[str, int]:
 
     sampler_scan._run_ops_compiled = capture
     try:
-        from jaxdiff.samplers import sample
+        from jaxdiff.samplers import Guidance, Loop, sample
 
         # Guided DDPM (the guidance doubles the batch inside the loop) in one chunk and one scan.
-        sample(apply, params, schedule, (16, DIM), _jax().random.key(7), sampler="ddpm",
-               steps=10, num_classes=NUM_CLASSES, labels=np.arange(16) % NUM_CLASSES,
-               guidance_scale=1.0, steps_per_call=None, mesh=sharding.make_mesh())  # fmt: skip
+        guidance = Guidance(1.0, labels=np.arange(16) % NUM_CLASSES, num_classes=NUM_CLASSES)
+        sample(apply, params, schedule, (16, DIM), _jax().random.key(7), solver="ddpm",
+               steps=10, guidance=guidance, loop=Loop(steps_per_call=None),
+               mesh=sharding.make_mesh())  # fmt: skip
     finally:
         sampler_scan._run_ops_compiled = real
     assert len(texts) == 1, len(texts)

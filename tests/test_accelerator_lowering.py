@@ -146,8 +146,9 @@ def test_the_samplers_lower_cleanly_for_accelerators(sampler, monkeypatch):
     monkeypatch.setattr(sampler_scan, "_run_ops_compiled", capture)
     labels = jnp.arange(4) % 10
     out = samplers.sample(
-        apply, params, schedule, (4, 28, 28, 1), jax.random.key(0), sampler=sampler, steps=10,
-        labels=labels, num_classes=10, guidance_scale=2.0, steps_per_call=None, unroll=1,
+        apply, params, schedule, (4, 28, 28, 1), jax.random.key(0), solver=sampler, steps=10,
+        guidance=samplers.Guidance(2.0, labels=labels, num_classes=10),
+        loop=samplers.Loop(steps_per_call=None, unroll=1),
     )  # fmt: skip
     assert np.isfinite(np.asarray(out.samples)).all()
     for platform in PLATFORMS:

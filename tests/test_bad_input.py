@@ -210,28 +210,30 @@ CASES: dict[str, tuple[str, Callable[[Path], str]]] = {
         lambda tmp: _raised(lambda: make_schedule("linear", beta_end=1.5)),
     ),
     "sampler-name": (
-        '`sample(..., sampler="plms")`',
-        lambda tmp: _raised(lambda: _sample(sampler="plms")),
+        '`sample(..., solver="plms")`',
+        lambda tmp: _raised(lambda: _sample(solver="plms")),
     ),
     "sampler-steps": (
         "`sample(..., steps=2000)` on a 1000-step schedule",
         lambda tmp: _raised(lambda: _sample(steps=2000)),
     ),
     "guidance-unconditional": (
-        "`sample(..., guidance_scale=3.0)` without `num_classes`",
-        lambda tmp: _raised(lambda: _sample(guidance_scale=3.0)),
+        "`sample(..., guidance=Guidance(3.0))` without `num_classes`",
+        lambda tmp: _raised(lambda: _sample(guidance=samplers.Guidance(3.0))),
     ),
     "labels-count": (
-        "`sample(..., labels=[1, 2, 3], num_classes=10)` for 2 samples",
-        lambda tmp: _raised(lambda: _sample(labels=jnp.array([1, 2, 3]), num_classes=10)),
+        "`sample(..., guidance=Guidance(labels=[1, 2, 3], num_classes=10))` for 2 samples",
+        lambda tmp: _raised(
+            lambda: _sample(guidance=samplers.Guidance(labels=jnp.array([1, 2, 3]), num_classes=10))
+        ),
     ),
     "mask-shape": (
-        "`sample(..., mask=(2, 3) array, known=(2, 4) array)`",
-        lambda tmp: _raised(lambda: _sample(mask=jnp.ones((2, 3)), known=jnp.zeros((2, 4)))),
+        "`Inpaint(mask=(2, 3) array, known=(2, 4) array)`",
+        lambda tmp: _raised(lambda: samplers.Inpaint(jnp.ones((2, 3)), jnp.zeros((2, 4)))),
     ),
     "ddim-eta": (
-        '`sample(..., sampler="ddim", eta=-0.5)`',
-        lambda tmp: _raised(lambda: _sample(sampler="ddim", eta=-0.5)),
+        "`DDIM(eta=-0.5)`",
+        lambda tmp: _raised(lambda: samplers.DDIM(eta=-0.5)),
     ),
     "learning-rate": (
         "`TrainConfig(learning_rate=-1e-3)`",

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.samplers import build_plan, make_solver, sample, sampling_timesteps
+from jaxdiff.samplers import Loop, build_plan, make_solver, sample, sampling_timesteps
 from jaxdiff.samplers.guidance import to_eps_and_x0
 from jaxdiff.schedules import schedule_from_betas
 
@@ -56,8 +56,7 @@ def model_eps(params, x, t, labels=None):
 
 def _solver(case):
     name, options = CASES[case]
-    base = make_solver(name, **{k: v for k, v in options.items() if k == "eta"})
-    return dataclasses.replace(base, **{k: v for k, v in options.items() if k != "eta"})
+    return make_solver(name, **options)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -94,9 +93,9 @@ def test_sample_reproduces_the_diffusers_output(schedule, case):
     if solver.name == "heun":
         steps = (len(FIXTURES[f"{case}/calls"]) + 1) // 2
     x_T = jnp.asarray(FIXTURES[f"{case}/x_T"])
-    out = sample(model_eps, None, schedule, x_T.shape, jax.random.key(0), sampler=solver.name,
-                 steps=steps, spacing="trailing", x_T=x_T, steps_per_call=None,
-                 unroll=1).samples  # fmt: skip
+    out = sample(model_eps, None, schedule, x_T.shape, jax.random.key(0),
+                 solver=dataclasses.replace(solver, spacing="trailing"), steps=steps, x_T=x_T,
+                 loop=Loop(steps_per_call=None, unroll=1)).samples  # fmt: skip
     np.testing.assert_allclose(out, FIXTURES[f"{case}/states"][-1], rtol=RTOL, atol=ATOL)
 
 

@@ -19,6 +19,8 @@ All models here are analytic, so the file runs in seconds on a 2-core CPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +29,18 @@ import pytest
 from jaxdiff import ddim_step, make_schedule
 from jaxdiff.parameterization import eps_to_x0, v_from_eps_x0
 from jaxdiff.samplers import (
+    DDIM,
+    DDPM,
+    SOLVERS,
+    DPMSolverPP2M,
+    Guidance,
+    Inpaint,
+    Loop,
+    Points,
+    Solver,
     default_loop_options,
     dpm_solver_pp_step,
+    make_solver,
     respaced_schedule,
     sample,
     sampling_timesteps,
@@ -40,7 +52,7 @@ MU, SIGMA = 1.5, 0.5
 T = 1000
 # The whole loop in one rolled scan: the cheapest compile for these analytic models (the CPU
 # default, fully unrolled chunks of 4 steps, is for conv nets; it is tested for equality below).
-ONE_SCAN = dict(steps_per_call=None, unroll=1)
+ONE_SCAN = Loop(steps_per_call=None, unroll=1)
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +107,8 @@ def exact_flow(s, x_T, t_to):
 def affine_map(s, sampler, steps, **kw):
     """(A, B) with sampler(x_T) = A x_T + B (exact for the Gaussian eps, see module docstring)."""
     x_T = jnp.array([[0.0], [1.0]])
-    out = sample(gaussian_eps(s), None, s, (2, 1), jax.random.key(0), sampler=sampler,
-                 steps=steps, x_T=x_T, **ONE_SCAN, **kw).samples  # fmt: skip
+    out = sample(gaussian_eps(s), None, s, (2, 1), jax.random.key(0), solver=sampler,
+                 steps=steps, x_T=x_T, loop=ONE_SCAN, **kw).samples  # fmt: skip
     out = np.asarray(out, np.float64)[:, 0]
     return out[1] - out[0], out[0]
 
@@ -196,7 +208,7 @@ def test_ddpm_1000_matches_data(schedule):
     exact_mean, exact_std = exact_ddpm_moments(schedule)
     assert abs(exact_mean / MU - 1) < 0.01 and abs(exact_std / SIGMA - 1) < 0.01
     x = np.asarray(sample(gaussian_eps(schedule), None, schedule, (64, 256), jax.random.key(0),
-                          sampler="ddpm", **ONE_SCAN).samples, np.float64)  # fmt: skip
+                          solver="ddpm", loop=ONE_SCAN).samples, np.float64)  # fmt: skip
     n = x.size
     assert abs(x.mean() - exact_mean) < 4 * exact_std / np.sqrt(n)
     assert abs(x.std() - exact_std) < 4 * exact_std / np.sqrt(2 * n)
@@ -208,7 +220,7 @@ def test_ddpm_beta_variance_closed_form(schedule):
     exact_mean, exact_std = exact_ddpm_moments(schedule, "beta")
     assert abs(exact_mean / MU - 1) < 0.01 and abs(exact_std / SIGMA - 1) < 0.01
     x = np.asarray(sample(gaussian_eps(schedule), None, schedule, (16, 256), jax.random.key(1),
-                          sampler="ddpm", variance="beta", **ONE_SCAN).samples,
+                          solver=DDPM(variance="beta"), loop=ONE_SCAN).samples,
                    np.float64)  # fmt: skip
     n = x.size
     assert abs(x.mean() - exact_mean) < 4 * exact_std / np.sqrt(n)
@@ -241,8 +253,8 @@ def test_ddim_is_first_order_and_converges_to_data(schedule):
 
 def _flow_error(s, sampler, n):
     x_T = jnp.linspace(-3.0, 3.0, 7)[:, None]
-    out = sample(gaussian_eps(s), None, s, (7, 1), jax.random.key(0), sampler=sampler, steps=n,
-                 x_T=x_T, **ONE_SCAN).samples  # fmt: skip
+    out = sample(gaussian_eps(s), None, s, (7, 1), jax.random.key(0), solver=sampler, steps=n,
+                 x_T=x_T, loop=ONE_SCAN).samples  # fmt: skip
     t_final = int(step_sequence(s, sampler, n)[1][-1])
     return float(np.max(np.abs(np.asarray(out, np.float64) - exact_flow(s, x_T, t_final))))
 
@@ -264,10 +276,10 @@ def test_convergence_orders_against_exact_ode(schedule):
 def test_x0_and_v_predictions_match_eps(schedule, prediction):
     x_T = jnp.linspace(-2.0, 2.0, 5)[:, None]
     ref = sample(gaussian_eps(schedule), None, schedule, (5, 1), jax.random.key(0), steps=10,
-                 x_T=x_T, **ONE_SCAN).samples  # fmt: skip
+                 x_T=x_T, loop=ONE_SCAN).samples  # fmt: skip
     out = sample(gaussian_eps(schedule, prediction=prediction), None, schedule, (5, 1),
-                 jax.random.key(0), steps=10, x_T=x_T, prediction=prediction,
-                 **ONE_SCAN).samples  # fmt: skip
+                 jax.random.key(0), solver=DPMSolverPP2M(prediction=prediction), steps=10,
+                 x_T=x_T, loop=ONE_SCAN).samples  # fmt: skip
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -291,44 +303,52 @@ def test_guidance_scales(schedule):
 
     labels = jnp.array([0, 1, 2, 0, 2])
     x_T = jnp.asarray(np.random.default_rng(3).standard_normal((5, 2)), jnp.float32)
-    kw = dict(sampler="ddim", steps=8, x_T=x_T, num_classes=K, labels=labels, **ONE_SCAN)
+    kw = dict(solver="ddim", steps=8, x_T=x_T, loop=ONE_SCAN)
+    guide = lambda w: Guidance(w, labels=labels, num_classes=K)
     key = jax.random.key(0)
 
     def with_mean(mu):  # unconditional exact-eps sampling of N(mu, sigma^2), mu per example
-        return sample(lambda p, x, t: apply(p, x, t, jnp.arange(5)), mu, schedule, (5, 2), key,
-                      sampler="ddim", steps=8, x_T=x_T, **ONE_SCAN).samples  # fmt: skip
+        return sample(
+            lambda p, x, t: apply(p, x, t, jnp.arange(5)), mu, schedule, (5, 2), key, **kw
+        ).samples
 
-    cond = sample(counting, MUS, schedule, (5, 2), key, guidance_scale=0.0, **kw).samples
+    cond = sample(counting, MUS, schedule, (5, 2), key, guidance=guide(0.0), **kw).samples
     assert set(batch_sizes) == {5}
     np.testing.assert_allclose(cond, with_mean(MUS[labels]), rtol=1e-5, atol=1e-5)
     batch_sizes.clear()
-    uncond = sample(counting, MUS, schedule, (5, 2), key, guidance_scale=-1.0, **kw).samples
+    uncond = sample(counting, MUS, schedule, (5, 2), key, guidance=guide(-1.0), **kw).samples
     assert set(batch_sizes) == {10}
-    null = sample(apply, MUS, schedule, (5, 2), key, num_classes=K, labels=jnp.full(5, K),
-                  sampler="ddim", steps=8, x_T=x_T, **ONE_SCAN).samples  # fmt: skip
+    null = sample(
+        apply,
+        MUS,
+        schedule,
+        (5, 2),
+        key,
+        guidance=Guidance(labels=jnp.full(5, K), num_classes=K),
+        **kw,
+    ).samples
     np.testing.assert_allclose(uncond, null, rtol=1e-5, atol=1e-5)
-    guided = sample(apply, MUS, schedule, (5, 2), key, guidance_scale=2.0, **kw).samples
+    guided = sample(apply, MUS, schedule, (5, 2), key, guidance=guide(2.0), **kw).samples
     np.testing.assert_allclose(guided, with_mean(3 * MUS[labels] - 2 * MUS[K]), rtol=1e-4,
                                atol=1e-4)  # fmt: skip
     # no labels with a conditional model: the null label, i.e. unconditional
-    none = sample(apply, MUS, schedule, (5, 2), key, num_classes=K, sampler="ddim", steps=8,
-                  x_T=x_T, **ONE_SCAN).samples  # fmt: skip
+    none = sample(apply, MUS, schedule, (5, 2), key, guidance=Guidance(num_classes=K), **kw).samples
     np.testing.assert_array_equal(none, null)
 
 
 @pytest.mark.parametrize(
-    "sampler, kw",
-    [("ddpm", dict(steps=12, resample_jumps=2, jump_length=3)),
-     ("ddim", dict(steps=10, eta=0.5)),
-     ("dpm++", dict(steps=9, resample_jumps=1, jump_length=4, record=(0, 3, -1)))],
+    "solver, jumps, kw",
+    [("ddpm", dict(resample_jumps=2, jump_length=3), dict(steps=12)),
+     (DDIM(eta=0.5), {}, dict(steps=10)),
+     ("dpm++", dict(resample_jumps=1, jump_length=4), dict(steps=9, record=(0, 3, -1)))],
 )  # fmt: skip
-def test_inpainting_keeps_known_pixels_exactly(schedule, sampler, kw):
+def test_inpainting_keeps_known_pixels_exactly(schedule, solver, jumps, kw):
     shape = (3, 5, 5, 1)
     rng = np.random.default_rng(7)
     known = jnp.asarray(rng.uniform(-1.0, 1.0, shape), jnp.float32)
     mask = jnp.asarray(rng.random(shape) < 0.5)
-    res = sample(gaussian_eps(schedule), None, schedule, shape, jax.random.key(0), sampler=sampler,
-                 mask=mask, known=known, **ONE_SCAN, **kw)  # fmt: skip
+    res = sample(gaussian_eps(schedule), None, schedule, shape, jax.random.key(0), solver=solver,
+                 inpaint=Inpaint(mask, known, **jumps), loop=ONE_SCAN, **kw)  # fmt: skip
     out = np.asarray(res.samples)
     m = np.asarray(mask)
     np.testing.assert_array_equal(out[m], np.asarray(known)[m])  # bit for bit
@@ -341,7 +361,7 @@ def test_record_trajectory(schedule):
     """record keeps the state after the named steps: here DDIM's exact intermediate states."""
     x_T = jnp.linspace(-2.0, 2.0, 4)[:, None]
     res = sample(gaussian_eps(schedule), None, schedule, (4, 1), jax.random.key(0),
-                 sampler="ddim", steps=40, x_T=x_T, record=(0, 19, -1), **ONE_SCAN)  # fmt: skip
+                 solver="ddim", steps=40, x_T=x_T, record=(0, 19, -1), loop=ONE_SCAN)  # fmt: skip
     assert res.trajectory.shape == (3, 4, 1)
     np.testing.assert_array_equal(res.trajectory[2], res.samples)
     _, t_next = step_sequence(schedule, "ddim", 40)
@@ -349,7 +369,7 @@ def test_record_trajectory(schedule):
         exact = exact_flow(schedule, x_T, int(t_next[step]))
         np.testing.assert_allclose(res.trajectory[j], exact, atol=0.05)
     empty = sample(gaussian_eps(schedule), None, schedule, (4, 1), jax.random.key(0),
-                   sampler="ddim", steps=40, x_T=x_T, **ONE_SCAN)  # fmt: skip
+                   solver="ddim", steps=40, x_T=x_T, loop=ONE_SCAN)  # fmt: skip
     assert empty.trajectory.shape == (0, 4, 1)
     np.testing.assert_array_equal(empty.samples, res.samples)
 
@@ -368,22 +388,24 @@ def test_determinism_and_chunk_independence(schedule):
     known = jnp.linspace(-1.0, 1.0, 45).reshape(shape)
     mask = jnp.broadcast_to(jnp.arange(3)[None, :, None, None] == 1, shape)
     # 8 steps + 3 jumps back of 2 steps each = 14 scan steps: steps_per_call=7 gives 2 calls
-    kw = dict(sampler="ddpm", steps=8, labels=jnp.array([0, 1, 2, 1, 0]), num_classes=K,
-              guidance_scale=1.5, mask=mask, known=known, resample_jumps=1, jump_length=2,
+    kw = dict(solver="ddpm", steps=8,
+              guidance=Guidance(1.5, labels=jnp.array([0, 1, 2, 1, 0]), num_classes=K),
+              inpaint=Inpaint(mask, known, resample_jumps=1, jump_length=2),
               record=(1, 4, -1))  # fmt: skip
     run = lambda key, **extra: sample(apply, MUS, schedule, shape, key, **kw, **extra)
-    ref = run(jax.random.key(42), **ONE_SCAN)
-    again = run(jax.random.key(42), **ONE_SCAN)
+    ref = run(jax.random.key(42), loop=ONE_SCAN)
+    again = run(jax.random.key(42), loop=ONE_SCAN)
     np.testing.assert_array_equal(again.samples, ref.samples)
     np.testing.assert_array_equal(again.trajectory, ref.trajectory)
-    assert not np.allclose(run(jax.random.key(43), **ONE_SCAN).samples, ref.samples)
-    for extra in (dict(chunk_size=2, **ONE_SCAN), dict(chunk_size=2, steps_per_call=7, unroll=1)):
-        other = run(jax.random.key(42), **extra)
+    assert not np.allclose(run(jax.random.key(43), loop=ONE_SCAN).samples, ref.samples)
+    for loop in (Loop(chunk_size=2, steps_per_call=None, unroll=1),
+                 Loop(chunk_size=2, steps_per_call=7, unroll=1)):  # fmt: skip
+        other = run(jax.random.key(42), loop=loop)
         np.testing.assert_allclose(other.samples, ref.samples, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(other.trajectory, ref.trajectory, rtol=1e-6, atol=1e-6)
     # Split over a mesh of one device (the per-device program, shard_map): the same bits.
     # Several devices: tests/test_sharding.py.
-    split = run(jax.random.key(42), mesh=make_mesh(jax.devices()[:1]), **ONE_SCAN)
+    split = run(jax.random.key(42), mesh=make_mesh(jax.devices()[:1]), loop=ONE_SCAN)
     np.testing.assert_array_equal(split.samples, ref.samples)
     np.testing.assert_array_equal(split.trajectory, ref.trajectory)
 
@@ -394,9 +416,9 @@ def test_loop_structure_does_not_change_samples(schedule, sampler):
     across calls) and the backend default give the same samples."""
     x_T = jnp.linspace(-2.0, 2.0, 6).reshape(3, 2)
     run = lambda **kw: sample(gaussian_eps(schedule), None, schedule, (3, 2), jax.random.key(0),
-                              sampler=sampler, steps=12, x_T=x_T, record=(5,), **kw)  # fmt: skip
-    ref = run(**ONE_SCAN)
-    for kw in (dict(steps_per_call=3), {}):
+                              solver=sampler, steps=12, x_T=x_T, record=(5,), **kw)  # fmt: skip
+    ref = run(loop=ONE_SCAN)
+    for kw in (dict(loop=Loop(steps_per_call=3)), {}):
         other = run(**kw)
         np.testing.assert_allclose(other.samples, ref.samples, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(other.trajectory, ref.trajectory, rtol=1e-6, atol=1e-6)
@@ -416,40 +438,117 @@ def _must_not_run(params, x, t, labels=None):
     raise AssertionError("the model must not be called when the arguments are invalid")
 
 
+MASK, KNOWN = jnp.ones((4, 2, 3, 1)), jnp.zeros((4, 2, 3, 1))
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(steps=0), r"steps must lie in \[1, 1000\]"),
-        (dict(steps=1001), r"steps must lie in \[1, 1000\].*T=1000"),
-        (dict(sampler="plms"), r"unknown sampler 'plms'; choose one of 'ddpm', 'ddim', 'dpm"),
-        (dict(spacing="uniform"), r"unknown spacing 'uniform'; choose one of 'leading'"),
-        (dict(guidance_scale=3.0), r"guidance_scale=3.0 needs a class-conditional model"),
-        (dict(guidance_scale=3.0, num_classes=10), r"needs labels"),
-        (dict(labels=jnp.zeros(3, jnp.int32), num_classes=10),
+        (lambda: dict(steps=0), r"steps must lie in \[1, 1000\]"),
+        (lambda: dict(steps=1001), r"steps must lie in \[1, 1000\].*T=1000"),
+        (lambda: dict(solver="plms"),
+         r"unknown sampler 'plms'; choose one of 'ddpm', 'ddim', 'dpm"),
+        (lambda: dict(solver=DDIM(spacing="uniform")),
+         r"unknown spacing 'uniform'; choose one of 'leading'"),
+        (lambda: dict(solver=DDPM(variance="large")), r"unknown variance 'large'"),
+        (lambda: dict(solver=DDIM(prediction="score")), r"unknown prediction 'score'"),
+        (lambda: dict(guidance=Guidance(3.0)), r"scale=3.0 needs a class-conditional model"),
+        (lambda: dict(guidance=Guidance(3.0, num_classes=10)), r"needs labels"),
+        (lambda: dict(guidance=Guidance(labels=jnp.zeros(3, jnp.int32), num_classes=10)),
          r"labels must have shape \(B,\) = \(4,\).*got shape \(3,\)"),
-        (dict(labels=jnp.zeros(4, jnp.int32)), r"labels were given but num_classes is None"),
-        (dict(labels=jnp.full(4, 11), num_classes=10), r"labels must lie in \[0, 10\]"),
-        (dict(mask=jnp.ones((4, 2, 2, 1)), known=jnp.zeros((4, 2, 3, 1))),
+        (lambda: dict(guidance=Guidance(labels=jnp.zeros(4, jnp.int32))),
+         r"labels were given but num_classes is None"),
+        (lambda: dict(guidance=Guidance(labels=jnp.full(4, 11), num_classes=10)),
+         r"labels must lie in \[0, 10\]"),
+        (lambda: dict(guidance=Guidance(num_classes=0)), r"num_classes must be >= 1"),
+        (lambda: dict(inpaint=Inpaint(jnp.ones((4, 2, 2, 1)), KNOWN)),
          r"mask and known must have the same shape"),
-        (dict(mask=jnp.ones((1, 2, 3, 1)), known=jnp.zeros((1, 2, 3, 1))),
+        (lambda: dict(inpaint=Inpaint(jnp.ones((1, 2, 3, 1)), jnp.zeros((1, 2, 3, 1)))),
          r"mask and known must have the sample shape \(4, 2, 3, 1\)"),
-        (dict(mask=jnp.ones((4, 2, 3, 1))), r"inpainting needs both mask .* and known"),
-        (dict(mask=jnp.full((4, 2, 3, 1), 0.5), known=jnp.zeros((4, 2, 3, 1))),
+        (lambda: dict(inpaint=Inpaint(MASK, None)), r"inpainting needs both mask .* and known"),
+        (lambda: dict(inpaint=Inpaint(jnp.full((4, 2, 3, 1), 0.5), KNOWN)),
          r"mask must hold 0 \(unknown\) or 1 \(known\)"),
-        (dict(resample_jumps=2), r"needs mask= and known="),
-        (dict(sampler="ddim", eta=-0.1), r"eta must be >= 0"),
-        (dict(sampler="dpm++", eta=0.5), r"applies to sampler='ddim' only"),
-        (dict(record=(20,), steps=20), r"record indices must lie in \[-20, 20\)"),
-        (dict(chunk_size=0), r"chunk_size must be >= 1"),
-        (dict(steps_per_call="fast"), r"steps_per_call must be 'auto', None"),
-        (dict(x_T=jnp.zeros((4, 2, 2, 1))), r"x_T must have shape \(4, 2, 3, 1\)"),
-        (dict(clip_x0=0.0), r"clip_x0 must be > 0"),
-        (dict(unroll=0), r"unroll must be >= 1"),
+        (lambda: dict(inpaint=Inpaint(MASK, KNOWN, resample_jumps=-1)),
+         r"resample_jumps must be >= 0"),
+        (lambda: dict(steps=5, inpaint=Inpaint(MASK, KNOWN, resample_jumps=1, jump_length=6)),
+         r"jump_length must lie in \[1, steps=5\]"),
+        (lambda: dict(solver=DDIM(eta=-0.1)), r"eta must be >= 0"),
+        (lambda: dict(record=(20,), steps=20), r"record indices must lie in \[-20, 20\)"),
+        (lambda: dict(loop=Loop(chunk_size=0)), r"chunk_size must be >= 1"),
+        (lambda: dict(loop=Loop(steps_per_call="fast")), r"steps_per_call must be 'auto', None"),
+        (lambda: dict(x_T=jnp.zeros((4, 2, 2, 1))), r"x_T must have shape \(4, 2, 3, 1\)"),
+        (lambda: dict(solver=DDIM(clip_x0=0.0)), r"clip_x0 must be > 0"),
+        (lambda: dict(loop=Loop(unroll=0)), r"unroll must be >= 1"),
     ],
 )  # fmt: skip
 def test_bad_arguments_raise_before_compute(schedule, kw, match):
     with pytest.raises(ValueError, match=match):
-        sample(_must_not_run, None, schedule, (4, 2, 3, 1), jax.random.key(0), **kw)
+        sample(_must_not_run, None, schedule, (4, 2, 3, 1), jax.random.key(0), **kw())
+
+
+def test_solver_options_belong_to_their_solver():
+    """An option of another solver is a TypeError of the dataclass (DPM-Solver++ has no eta);
+    the string path means the class's defaults, and the registry names every solver."""
+    with pytest.raises(TypeError, match="eta"):
+        DPMSolverPP2M(eta=0.5)
+    with pytest.raises(ValueError, match=r"eta=0.5 does not apply to sampler='dpm\+\+'"):
+        make_solver("dpm++", eta=0.5)
+    assert make_solver("ddim") == DDIM() and make_solver("ddim", eta=0.5) == DDIM(eta=0.5)
+    assert DDIM(0.5).eta == 0.5  # the solver's own option is its first positional field
+    with pytest.raises(TypeError, match=r"got the class DDIM; write DDIM\(\)"):
+        sample(
+            _must_not_run,
+            None,
+            make_schedule("linear", 100),
+            (4, 2),
+            jax.random.key(0),
+            solver=DDIM,
+        )
+    with pytest.raises(TypeError, match=r"guidance must be a jaxdiff\.samplers\.Guidance"):
+        sample(
+            _must_not_run,
+            None,
+            make_schedule("linear", 100),
+            (4, 2),
+            jax.random.key(0),
+            guidance=3.0,
+        )
+    assert list(SOLVERS) == ["ddpm", "ddim", "dpm++", "dpm++3m", "dpm++2m-sde", "euler",
+                             "euler-a", "heun", "unipc"]  # fmt: skip
+
+
+# A new solver is one class (here in the test file) plus, to be named by a string, one line
+# in the registry.
+@dataclasses.dataclass(frozen=True)
+class HalfDDIM(Solver):
+    """A toy solver: DDIM's deterministic step with its eps coefficient scaled by ``gain``."""
+
+    name = "half-ddim"
+    default_steps = 10
+    gain: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gain < 0:
+            raise ValueError(f"gain must be >= 0, got {self.gain}")
+
+    def coefficients(self, p: Points) -> dict[str, np.ndarray]:
+        return {"x0": p.alpha_t, "eps": self.gain * p.sigma_t}
+
+
+def test_a_new_solver_is_one_class(schedule, monkeypatch):
+    x_T = jnp.linspace(-2.0, 2.0, 6).reshape(3, 2)
+    run = lambda solver, **kw: sample(gaussian_eps(schedule), None, schedule, (3, 2),
+                                      jax.random.key(0), solver=solver, x_T=x_T, loop=ONE_SCAN,
+                                      **kw).samples  # fmt: skip
+    # gain 1 is deterministic DDIM on DDIM's grid, bit for bit
+    np.testing.assert_array_equal(run(HalfDDIM()), run(DDIM(), steps=10))
+    assert not np.allclose(run(HalfDDIM(gain=0.5)), run(HalfDDIM()))
+    with pytest.raises(ValueError, match="gain must be >= 0"):
+        HalfDDIM(gain=-1.0)
+    monkeypatch.setitem(SOLVERS, "half-ddim", HalfDDIM)
+    np.testing.assert_array_equal(run("half-ddim"), run(HalfDDIM()))
+    assert step_sequence(schedule, "half-ddim")[0].shape == (10,)
 
 
 def test_bad_types_raise_type_error(schedule):
@@ -478,6 +577,6 @@ def test_raw_and_typed_keys_give_the_same_samples():
     def apply(params, x, t, labels=None):
         return 0.1 * x
 
-    raw = sample(apply, None, s, (3, 2), jax.random.PRNGKey(0), sampler="ddim", steps=4)
-    typed = sample(apply, None, s, (3, 2), jax.random.key(0), sampler="ddim", steps=4)
+    raw = sample(apply, None, s, (3, 2), jax.random.PRNGKey(0), solver="ddim", steps=4)
+    typed = sample(apply, None, s, (3, 2), jax.random.key(0), solver="ddim", steps=4)
     np.testing.assert_array_equal(np.asarray(raw.samples), np.asarray(typed.samples))

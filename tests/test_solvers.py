@@ -19,6 +19,9 @@ import pytest
 from jaxdiff import ddim_step, ddpm_step, make_schedule
 from jaxdiff.samplers import (
     SAMPLERS,
+    Guidance,
+    Inpaint,
+    Loop,
     build_plan,
     karras_sigmas,
     make_solver,
@@ -30,7 +33,7 @@ from jaxdiff.samplers import (
 from jaxdiff.samplers.grids import alpha_sigma
 
 MU, SIGMA = 1.5, 0.5
-ONE_SCAN = dict(steps_per_call=None, unroll=1)
+ONE_SCAN = Loop(steps_per_call=None, unroll=1)
 DETERMINISTIC = ("ddim", "euler", "dpm++", "dpm++3m", "heun", "unipc")
 STOCHASTIC = ("ddpm", "euler-a", "dpm++2m-sde")
 
@@ -68,12 +71,20 @@ def schedule():
     return make_schedule("linear", 1000)
 
 
+def _full_order(name):
+    """The solver ``name`` with ``lower_order_final=False`` where it has that option."""
+    solver = make_solver(name)
+    if hasattr(solver, "lower_order_final"):
+        solver = dataclasses.replace(solver, lower_order_final=False)
+    return solver
+
+
 def _global_errors(s, name, ns):
     x_T = jnp.linspace(-3.0, 3.0, 7, dtype=s.betas.dtype)[:, None]
     errors = {}
     for n in ns:
-        out = sample(exact_eps(s), None, s, (7, 1), jax.random.key(0), sampler=name, steps=n,
-                     x_T=x_T, lower_order_final=False, **ONE_SCAN).samples  # fmt: skip
+        out = sample(exact_eps(s), None, s, (7, 1), jax.random.key(0), solver=_full_order(name),
+                     steps=n, x_T=x_T, loop=ONE_SCAN).samples  # fmt: skip
         t_final = int(step_sequence(s, name, n)[1][-1])
         errors[n] = float(np.max(np.abs(np.asarray(out, np.float64) - exact_flow(s, x_T, t_final))))
     return errors
@@ -150,8 +161,8 @@ def _affine_map(s, name, steps, **kw):
     """(A, B) with solver(x_T) = A x_T + B: exact for a deterministic solver with the exact
     eps, so its output distribution for x_T ~ N(0, 1) is N(B, A^2)."""
     x_T = jnp.array([[0.0], [1.0]])
-    out = sample(exact_eps(s), None, s, (2, 1), jax.random.key(0), sampler=name, steps=steps,
-                 x_T=x_T, **ONE_SCAN, **kw).samples  # fmt: skip
+    out = sample(exact_eps(s), None, s, (2, 1), jax.random.key(0), solver=make_solver(name, **kw),
+                 steps=steps, x_T=x_T, loop=ONE_SCAN).samples  # fmt: skip
     out = np.asarray(out, np.float64)[:, 0]
     return out[1] - out[0], out[0]
 
@@ -174,9 +185,9 @@ def test_stochastic_solvers_reproduce_the_data(schedule, name, steps):
 
     The first-order ancestral samplers need many steps for that (DDPM and Euler-ancestral
     leave the std 2.7% and 2.3% low at 250 steps); DPM-Solver++(2M) SDE is 1.6% high at 30."""
-    kw = dict(sampler="ddim", eta=1.0) if name == "ddim-eta1" else dict(sampler=name)
-    x = sample(exact_eps(schedule), None, schedule, (32, 1024), jax.random.key(3), steps=steps,
-               **ONE_SCAN, **kw).samples  # fmt: skip
+    solver = make_solver("ddim", eta=1.0) if name == "ddim-eta1" else make_solver(name)
+    x = sample(exact_eps(schedule), None, schedule, (32, 1024), jax.random.key(3), solver=solver,
+               steps=steps, loop=ONE_SCAN).samples  # fmt: skip
     x = np.asarray(x, np.float64)
     assert abs(x.mean() / MU - 1) < 0.02 and abs(x.std() / SIGMA - 1) < 0.02, (x.mean(), x.std())
 
@@ -215,8 +226,8 @@ def test_euler_is_ddim_in_the_sigma_form(schedule):
     sec. 4): on the same grid they agree to float32 rounding."""
     x_T = jnp.linspace(-2.0, 2.0, 6).reshape(3, 2)
     run = lambda name: sample(exact_eps(schedule), None, schedule, (3, 2), jax.random.key(0),
-                              sampler=name, steps=30, spacing="karras", x_T=x_T,
-                              **ONE_SCAN).samples  # fmt: skip
+                              solver=make_solver(name, spacing="karras"), steps=30, x_T=x_T,
+                              loop=ONE_SCAN).samples  # fmt: skip
     np.testing.assert_allclose(run("euler"), run("ddim"), rtol=1e-5, atol=1e-5)
 
 
@@ -266,9 +277,16 @@ def test_guidance_is_its_closed_form_for_every_solver(schedule, name):
     apply = exact_eps(schedule)
     labels = jnp.array([0, 1, 2, 0])
     x_T = jnp.asarray(np.random.default_rng(3).standard_normal((4, 2)), jnp.float32)
-    kw = dict(sampler=name, steps=8, x_T=x_T, **ONE_SCAN)
-    guided = sample(apply, MUS, schedule, (4, 2), jax.random.key(5), labels=labels,
-                    num_classes=K, guidance_scale=2.0, **kw).samples  # fmt: skip
+    kw = dict(solver=name, steps=8, x_T=x_T, loop=ONE_SCAN)
+    guided = sample(
+        apply,
+        MUS,
+        schedule,
+        (4, 2),
+        jax.random.key(5),
+        guidance=Guidance(2.0, labels=labels, num_classes=K),
+        **kw,
+    ).samples
     mean = 3 * MUS[labels] - 2 * MUS[K]
     ref = sample(lambda p, x, t: apply(p, x, t, jnp.arange(4)), mean, schedule, (4, 2),
                  jax.random.key(5), **kw).samples  # fmt: skip
@@ -281,9 +299,9 @@ def test_inpainting_keeps_known_pixels_for_every_solver(schedule, name):
     rng = np.random.default_rng(7)
     known = jnp.asarray(rng.uniform(-1.0, 1.0, shape), jnp.float32)
     mask = jnp.asarray(rng.random(shape) < 0.5)
-    res = sample(exact_eps(schedule), None, schedule, shape, jax.random.key(0), sampler=name,
-                 steps=6, mask=mask, known=known, resample_jumps=1, jump_length=2,
-                 record=(2, -1), **ONE_SCAN)  # fmt: skip
+    res = sample(exact_eps(schedule), None, schedule, shape, jax.random.key(0), solver=name,
+                 steps=6, inpaint=Inpaint(mask, known, resample_jumps=1, jump_length=2),
+                 record=(2, -1), loop=ONE_SCAN)  # fmt: skip
     out, m = np.asarray(res.samples), np.asarray(mask)
     np.testing.assert_array_equal(out[m], np.asarray(known)[m])  # bit for bit
     assert np.all(np.isfinite(out)) and not np.any(out[~m] == np.asarray(known)[~m])
@@ -296,8 +314,8 @@ def test_solver_state_survives_chunked_calls(schedule, name):
     scan steps equal one scan."""
     x_T = jnp.linspace(-2.0, 2.0, 6).reshape(3, 2)
     run = lambda **kw: sample(exact_eps(schedule), None, schedule, (3, 2), jax.random.key(0),
-                              sampler=name, steps=9, x_T=x_T, record=(4,), **kw)  # fmt: skip
-    ref, other = run(**ONE_SCAN), run(steps_per_call=3)
+                              solver=name, steps=9, x_T=x_T, record=(4,), **kw)  # fmt: skip
+    ref, other = run(loop=ONE_SCAN), run(loop=Loop(steps_per_call=3))
     np.testing.assert_allclose(other.samples, ref.samples, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(other.trajectory, ref.trajectory, rtol=1e-6, atol=1e-6)
 

@@ -80,7 +80,7 @@ def test_sampler_compiles_without_ynn_fusions(monkeypatch):
     try:
         params, apply = _mlp()
         schedule = make_schedule("cosine", num_steps=10)  # ends at zero signal: no warning
-        sample(apply, params, schedule, (16, 2), jax.random.key(1), sampler="ddpm", steps=10)
+        sample(apply, params, schedule, (16, 2), jax.random.key(1), solver="ddpm", steps=10)
     finally:
         samplers._run_ops_compiled.cache_clear()  # later tests get the unpatched jit
     assert built, "sample() did not go through jaxdiff.xla_options.jit"

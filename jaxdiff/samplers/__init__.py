@@ -9,7 +9,9 @@
   :mod:`~jaxdiff.samplers.plan`: the run laid out in NumPy;
 - :mod:`~jaxdiff.samplers.guidance` (classifier-free guidance, prediction types, clipping) and
   :mod:`~jaxdiff.samplers.repaint` (inpainting): wrappers that compose with every solver;
-- :mod:`~jaxdiff.samplers.options`: validation of every argument, before anything is traced.
+- :mod:`~jaxdiff.samplers.options`: the option groups :class:`Guidance`, :class:`Inpaint` and
+  :class:`Loop` (frozen dataclasses that check themselves), and their cross-checks;
+- :mod:`~jaxdiff.samplers.registry`: :data:`SOLVERS`, the one table of solver names.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from jaxdiff.samplers.euler_ancestral import EulerAncestral
 from jaxdiff.samplers.grids import SPACINGS, karras_sigmas, respaced_schedule, sampling_timesteps
 from jaxdiff.samplers.heun import Heun
 from jaxdiff.samplers.loop_options import LOOP_DEFAULTS, default_loop_options
-from jaxdiff.samplers.options import SamplerOptions
+from jaxdiff.samplers.options import Guidance, Inpaint, Loop
 from jaxdiff.samplers.plan import Plan, build_plan
 from jaxdiff.samplers.plan import step_sequence as _solver_step_sequence
-from jaxdiff.samplers.registry import SOLVERS, make_solver
+from jaxdiff.samplers.registry import SOLVERS, make_solver, solver_from_flags
 from jaxdiff.samplers.unipc import UniPC
 from jaxdiff.schedules import Schedule
 
@@ -50,12 +52,14 @@ __all__ = [
     "DPMSolverPP3M",
     "Euler",
     "EulerAncestral",
+    "Guidance",
     "Heun",
+    "Inpaint",
+    "Loop",
     "Plan",
     "Points",
     "SampleResult",
     "SamplerName",
-    "SamplerOptions",
     "Solver",
     "UniPC",
     "build_plan",
@@ -67,6 +71,7 @@ __all__ = [
     "respaced_schedule",
     "sample",
     "sampling_timesteps",
+    "solver_from_flags",
     "step_sequence",
 ]
 
@@ -78,7 +83,7 @@ SamplerName = Literal[
 DEFAULT_STEPS = {name: cls.default_steps for name, cls in SOLVERS.items()}  # None: the T
 
 
-def default_spacing(sampler: str) -> str:
+def default_spacing(sampler: str | Solver) -> str:
     """The default grid of a sampler (its solver's ``default_spacing``).
 
     Measured with the exact eps of Gaussian data (mu 1.5, sigma 0.5, linear schedule,
@@ -88,18 +93,18 @@ def default_spacing(sampler: str) -> str:
     ``"logsnr"`` grid 1% high (0.505). DDIM keeps ``"trailing"``: its 50-step std is 4.5% low
     there and 5.1% low on ``"logsnr"``.
     """
-    return make_solver(sampler).default_spacing
+    return make_solver(sampler).grid
 
 
 def step_sequence(
     schedule: Schedule,
-    sampler: str = "dpm++",
+    sampler: str | Solver = "dpm++",
     steps: int | None = None,
     spacing: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The step sequence of ``sampler``: step ``i`` goes from ``t[i]`` to ``t_next[i]``.
 
-    ``steps`` and ``spacing`` default to the solver's; see
+    ``sampler``: a solver object or name; ``steps`` and ``spacing`` default to the solver's; see
     :func:`jaxdiff.samplers.plan.step_sequence` for the last target. Trajectory index ``j`` of
     :func:`sample` (``record=(j, ...)``) is the state at ``t_next[j]``.
 
@@ -108,4 +113,4 @@ def step_sequence(
     """
     solver = make_solver(sampler)
     steps = solver.default_steps or schedule.num_steps if steps is None else steps
-    return _solver_step_sequence(schedule, solver, steps, spacing or solver.default_spacing)
+    return _solver_step_sequence(schedule, solver, steps, spacing or solver.grid)

@@ -19,13 +19,18 @@ used by Karras et al. 2022 (EDM). ``t`` may be the clean sample (``alpha = 1``, 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Points", "Solver", "linear_step"]
+from jaxdiff.parameterization import PREDICTIONS
+from jaxdiff.samplers.grids import SPACINGS
+
+__all__ = ["Points", "Solver", "check_choice", "check_float", "check_int", "linear_step"]
 
 State = tuple[jax.Array, ...]
 
@@ -59,12 +64,52 @@ class Points(NamedTuple):
     order_prev: np.ndarray
 
 
+def check_int(value, name: str) -> int:
+    """``value`` as an int, or a ``TypeError`` naming ``name`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    return int(value)
+
+
+def check_float(value, name: str) -> float:
+    """``value`` as a finite float, or a ``TypeError`` / ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Solver:
-    """Base class of the solvers; subclasses set the class attributes and two methods.
+    """Base class of the solvers: a frozen dataclass that checks its fields when made.
+
+    A solver is passed to :func:`jaxdiff.samplers.sample` as an object
+    (``solver=DDIM(eta=0.5)``); its options are its fields. Subclasses set the class
+    attributes, :meth:`coefficients` and (if not :func:`linear_step`) :meth:`step`, and check
+    their own fields in ``__post_init__`` (calling ``super().__post_init__()``). A new solver is
+    one module plus one line in :data:`jaxdiff.samplers.registry.SOLVERS` (or pass the object
+    directly).
+
+    Fields shared by every solver (keyword-only):
+      prediction: what the model predicts, ``"eps"``, ``"x0"`` or ``"v"``; the network output
+        is turned into the ``(eps, x0)`` pair the solver steps with (as diffusers' schedulers'
+        ``prediction_type``).
+      clip_x0: clip the predicted x0 to ``[-clip_x0, clip_x0]`` at every step, eps recomputed
+        from it (1.0 for images in [-1, 1]); None = no clipping (diffusers' ``clip_sample``).
+      spacing: the timestep grid, one of :data:`jaxdiff.samplers.grids.SPACINGS`; None: the
+        solver's ``default_spacing``.
 
     Class attributes:
-      name: the ``sampler=`` name.
+      name: its name in :data:`jaxdiff.samplers.SOLVERS` (used in messages).
       max_order: the multistep order (1 for one-step solvers).
       history: how many past data predictions the state keeps.
       stages: network evaluations per step (2 for Heun; the last step to the clean sample
@@ -88,6 +133,32 @@ class Solver:
     default_steps: ClassVar[int | None] = None
     default_spacing: ClassVar[str] = "trailing"
     stochastic: ClassVar[bool] = False
+
+    prediction: str = dataclasses.field(default="eps", kw_only=True)
+    clip_x0: float | None = dataclasses.field(default=None, kw_only=True)
+    spacing: str | None = dataclasses.field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        check_choice(self.prediction, "prediction", PREDICTIONS)
+        if self.clip_x0 is not None:
+            clip = check_float(self.clip_x0, "clip_x0")
+            if clip <= 0:
+                raise ValueError(f"clip_x0 must be > 0 (or None), got {clip}")
+            object.__setattr__(self, "clip_x0", clip)
+        if self.spacing is not None:
+            check_choice(self.spacing, "spacing", SPACINGS)
+
+    @property
+    def grid(self) -> str:
+        """The spacing this solver runs on: ``spacing``, or the class's ``default_spacing``."""
+        return self.spacing or self.default_spacing
+
+    def for_compile(self) -> Solver:
+        """This solver without the fields that only shape the plan (``spacing``,
+        ``lower_order_final``): the key of the compiled loop, which they do not change."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        drop = {"spacing": None, "lower_order_final": True}
+        return dataclasses.replace(self, **{k: v for k, v in drop.items() if k in fields})
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         """Per-scan-step coefficients, each an ``(L,)`` float64 array (see subclasses)."""

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxdiff.samplers.base import Points, Solver
+from jaxdiff.samplers.base import Points, Solver, check_float
 
 __all__ = ["DDIM"]
 
@@ -21,13 +21,22 @@ class DDIM(Solver):
     variance.
 
     Args:
-      eta: stochasticity, >= 0.
+      eta: stochasticity, >= 0 (a float).
+
+    Plus :class:`~jaxdiff.samplers.base.Solver`'s ``prediction``, ``clip_x0``, ``spacing``.
     """
 
     name = "ddim"
     default_steps = 50
     default_spacing = "trailing"
     eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        eta = check_float(self.eta, "eta")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+        object.__setattr__(self, "eta", eta)
 
     @property
     def stochastic(self) -> bool:

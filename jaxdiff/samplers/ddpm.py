@@ -6,7 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from jaxdiff.samplers.base import Points, Solver
+from jaxdiff.reverse import VARIANCES
+from jaxdiff.samplers.base import Points, Solver, check_choice
 
 __all__ = ["DDPM"]
 
@@ -22,6 +23,8 @@ class DDPM(Solver):
 
     Args:
       variance: ``"posterior"`` or ``"beta"``.
+
+    Plus :class:`~jaxdiff.samplers.base.Solver`'s ``prediction``, ``clip_x0``, ``spacing``.
     """
 
     name = "ddpm"
@@ -29,6 +32,10 @@ class DDPM(Solver):
     default_spacing = "trailing"
     stochastic = True
     variance: str = "posterior"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.variance, "variance", VARIANCES)
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         log_ratio = 2 * (np.log(p.alpha_s) - np.log(p.alpha_t))  # log(abar_s / abar_t)

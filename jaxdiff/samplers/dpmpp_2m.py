@@ -33,6 +33,12 @@ class DPMSolverPP2M(Solver):
     ``h_prev = lambda_s - lambda_prev``); first order (``D = x0_s``, DPM-Solver++1, which is
     DDIM) at the first step, after a RePaint jump, to the clean sample, and at the last step
     of runs under 15 steps with ``lower_order_final`` (diffusers' default). Second order.
+
+    Args:
+      lower_order_final: lower the order at the last steps of runs under 15 steps (True, as
+        diffusers).
+
+    Plus :class:`~jaxdiff.samplers.base.Solver`'s ``prediction``, ``clip_x0``, ``spacing``.
     """
 
     name = "dpm++"
@@ -42,6 +48,11 @@ class DPMSolverPP2M(Solver):
     lower_order_final_below = 15
     default_steps = 20
     default_spacing = "logsnr"
+    lower_order_final: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "lower_order_final", bool(self.lower_order_final))
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         with np.errstate(all="ignore"):

@@ -39,6 +39,9 @@ class DPMSolverPP3M(Solver):
 
     Args:
       reference_d2: use the reference code's halved ``D2`` (for parity with diffusers).
+      lower_order_final: close runs under 15 steps with orders 2 and 1 (True, as diffusers).
+
+    Plus :class:`~jaxdiff.samplers.base.Solver`'s ``prediction``, ``clip_x0``, ``spacing``.
     """
 
     name = "dpm++3m"
@@ -49,6 +52,11 @@ class DPMSolverPP3M(Solver):
     default_steps = 20
     default_spacing = "logsnr"
     reference_d2: bool = False
+    lower_order_final: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "lower_order_final", bool(self.lower_order_final))
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         with np.errstate(all="ignore"):

@@ -79,9 +79,14 @@ def build_plan(
     record: tuple[int, ...] = (),
     resample_jumps: int = 0,
     jump_length: int = 1,
-    lower_order_final: bool = True,
+    lower_order_final: bool | None = None,
 ) -> Plan:
-    """Lay out a run (arguments as in :func:`jaxdiff.samplers.sample`, already validated)."""
+    """Lay out a run (arguments as in :func:`jaxdiff.samplers.sample`, already validated).
+
+    ``lower_order_final``: None takes the solver's field (True for solvers without one).
+    """
+    if lower_order_final is None:
+        lower_order_final = getattr(solver, "lower_order_final", True)
     ts, t_next = step_sequence(schedule, solver, steps, spacing)
     N = len(ts)
     a_s, s_s = alpha_sigma(schedule, ts)

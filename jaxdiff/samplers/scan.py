@@ -267,11 +267,11 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
     solver = opts.solver
     cfg = _Config(
         apply=apply,
-        solver=solver,
+        solver=solver.for_compile(),
         chunk_shape=(b, *opts.shape[1:]),
         dtype=dtype,
-        prediction=opts.prediction,
-        clip_x0=opts.clip_x0,
+        prediction=solver.prediction,
+        clip_x0=solver.clip_x0,
         guided=opts.guidance_scale != 0.0,
         conditional=opts.num_classes is not None,
         num_classes=opts.num_classes,

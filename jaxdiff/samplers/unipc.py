@@ -45,6 +45,11 @@ class UniPC(Solver):
     at no extra network evaluation. Orders warm up from 1, and with ``lower_order_final`` the
     last step is first order (diffusers' default). The state keeps the last corrected sample
     and the two newest data predictions.
+
+    Args:
+      lower_order_final: take the last step at first order (True, as diffusers).
+
+    Plus :class:`~jaxdiff.samplers.base.Solver`'s ``prediction``, ``clip_x0``, ``spacing``.
     """
 
     name = "unipc"
@@ -54,6 +59,11 @@ class UniPC(Solver):
     lower_order_final_below = float("inf")
     default_steps = 20
     default_spacing = "logsnr"
+    lower_order_final: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "lower_order_final", bool(self.lower_order_final))
 
     def init(self, x: jax.Array) -> State:
         return (jnp.zeros_like(x), jnp.zeros_like(x), jnp.zeros_like(x))
