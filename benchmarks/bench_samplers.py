@@ -46,7 +46,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.reverse import ddpm_step
-from jaxdiff.samplers import default_loop_options, respaced_schedule, sample, sampling_timesteps
+from jaxdiff.samplers import (
+    Loop,
+    default_loop_options,
+    respaced_schedule,
+    sample,
+    sampling_timesteps,
+)
 from jaxdiff.schedules import make_schedule
 from jaxdiff.xla_options import jit as xla_jit
 
@@ -142,9 +148,11 @@ def main(argv=None):
         flush=True,
     )
 
-    def sampler_run(sampler, steps, **kw):
+    def sampler_run(sampler, steps, **loop):
         return lambda: (
-            sample(apply, params, schedule, shape, key, sampler=sampler, steps=steps, **kw).samples
+            sample(
+                apply, params, schedule, shape, key, solver=sampler, steps=steps, loop=Loop(**loop)
+            ).samples
         )
 
     runs = []  # (sampler, steps, label, fn)

@@ -380,7 +380,7 @@ def jax_worker(args) -> dict:
             size = config.image_size
             result["model_flops"] = model_flops(apply, params, (batch, size, size, 1), train)
         if args.phase == "sample":
-            from jaxdiff.samplers import sample
+            from jaxdiff.samplers import DDPM, Loop, sample
 
             shape = (args.sample_batch, config.image_size, config.image_size, 1)
             result["setup_s"] = time.perf_counter() - t0
@@ -388,8 +388,9 @@ def jax_worker(args) -> dict:
             for seed in (1, 2):  # first call (compile), timed call
                 t0 = time.perf_counter()
                 out = sample(
-                    apply, params, schedule, shape, jax.random.key(seed), sampler="ddpm",
-                    steps=args.sample_steps, clip_x0=1.0, chunk_size=mnist.SAMPLE_CHUNK,
+                    apply, params, schedule, shape, jax.random.key(seed),
+                    solver=DDPM(clip_x0=1.0), steps=args.sample_steps,
+                    loop=Loop(chunk_size=mnist.SAMPLE_CHUNK),
                 )  # fmt: skip
                 jax.block_until_ready(out.samples)
                 times.append(time.perf_counter() - t0)

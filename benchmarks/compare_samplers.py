@@ -34,7 +34,7 @@ from experiments import mnist
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.evaluation import evaluate_samples
 from jaxdiff.runs import read_config
-from jaxdiff.samplers import sample
+from jaxdiff.samplers import Guidance, Loop, sample, solver_from_flags
 from jaxdiff.train import eval_params, init_train_state, make_optimizer
 
 
@@ -89,9 +89,12 @@ def main() -> None:
         t0 = time.perf_counter()
         result = sample(
             apply, eval_params(state, ema=weights == "ema"), schedule, shape,
-            jax.random.key(args.seed), sampler=sampler, steps=steps, labels=labels,
-            num_classes=num_classes, guidance_scale=scale, prediction=spec.train.prediction,
-            clip_x0=1.0, chunk_size=mnist.SAMPLE_CHUNK,
+            jax.random.key(args.seed),
+            solver=solver_from_flags(sampler, prediction=spec.train.prediction, clip_x0=1.0),
+            steps=steps,
+            guidance=Guidance(scale, labels=labels, num_classes=num_classes)
+            if num_classes else None,
+            loop=Loop(chunk_size=mnist.SAMPLE_CHUNK),
         )  # fmt: skip
         images = mnist.to_images(result.samples)
         seconds = time.perf_counter() - t0

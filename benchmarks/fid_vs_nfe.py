@@ -31,7 +31,7 @@ import numpy as np
 from experiments import mnist
 from jaxdiff.evaluation import evaluate_samples
 from jaxdiff.runs import load_run
-from jaxdiff.samplers import SAMPLERS, sample
+from jaxdiff.samplers import SAMPLERS, Guidance, Loop, sample, solver_from_flags
 
 NFES = (10, 15, 20, 25, 50)
 
@@ -82,10 +82,12 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         result = sample(
-            apply, params, schedule, shape, jax.random.key(args.seed), sampler=solver,
-            steps=steps, labels=labels, num_classes=10 if conditional else None,
-            guidance_scale=config["guidance_scale"] if conditional else 0.0,
-            prediction=run.spec.train.prediction, clip_x0=1.0, chunk_size=250,
+            apply, params, schedule, shape, jax.random.key(args.seed),
+            solver=solver_from_flags(solver, prediction=run.spec.train.prediction, clip_x0=1.0),
+            steps=steps,
+            guidance=Guidance(config["guidance_scale"], labels=labels, num_classes=10)
+            if conditional else None,
+            loop=Loop(chunk_size=250),
         )  # fmt: skip
         images = mnist.to_images(result.samples)
         seconds = time.perf_counter() - t0

@@ -174,7 +174,7 @@ def sampling_timing(args, setup) -> dict:
 
         def run(sampler=sampler, steps=steps):
             key = jax.random.key(0)
-            result = sample(apply, params, schedule, shape, key, sampler=sampler, steps=steps)
+            result = sample(apply, params, schedule, shape, key, solver=sampler, steps=steps)
             result.samples.block_until_ready()
 
         start = time.perf_counter()

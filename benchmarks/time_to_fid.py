@@ -103,7 +103,7 @@ def jax_worker(args, recipe: str) -> dict:
     import jax
 
     from experiments import mnist
-    from jaxdiff.samplers import sample
+    from jaxdiff.samplers import DDPM, Loop, sample
     from jaxdiff.train import Trainer, eval_params
 
     overrides = (
@@ -129,8 +129,8 @@ def jax_worker(args, recipe: str) -> dict:
     rows = []
     for step, secs, ema in snapshots:
         out = sample(apply, ema, schedule, (args.num_samples, 28, 28, 1), jax.random.key(args.seed),
-                     sampler="ddpm", steps=SAMPLE_STEPS, prediction=config.prediction,
-                     clip_x0=1.0, chunk_size=mnist.SAMPLE_CHUNK)  # fmt: skip
+                     solver=DDPM(prediction=config.prediction, clip_x0=1.0), steps=SAMPLE_STEPS,
+                     loop=Loop(chunk_size=mnist.SAMPLE_CHUNK))  # fmt: skip
         fid, score = _fid(mnist.to_images(out.samples), args.cache_dir)
         rows.append({"step": step, "train_seconds": secs, "fid": fid, "classifier_score": score})
     recipe_info = {k: getattr(config, k) for k in ("schedule", "loss_weighting", "learning_rate",

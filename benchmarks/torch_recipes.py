@@ -800,7 +800,7 @@ def ddpm_sample(
     """DDPM ancestral sampling, one model call per step in a Python loop.
 
     ``steps=None`` (or T) is the full ``T-1 .. 0`` loop; fewer steps run DDPM on the respaced
-    "trailing" grid, as ``jaxdiff.samplers.sample(sampler="ddpm", steps=...)`` does (same cost
+    "trailing" grid, as ``jaxdiff.samplers.sample(solver="ddpm", steps=...)`` does (same cost
     per step). ``shape`` is NCHW. ``autocast=torch.bfloat16`` runs the model calls under
     ``torch.autocast`` (the update stays float32).
     """

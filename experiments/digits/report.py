@@ -20,7 +20,7 @@ from experiments.digits.config import FORWARD_T, PROG, DigitsConfig
 from jaxdiff import plotting
 from jaxdiff.forward import q_sample
 from jaxdiff.outputs import write_report
-from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.samplers import Loop, sample, solver_from_flags, step_sequence
 from jaxdiff.schedules import make_schedule
 from jaxdiff.sharding import gather
 
@@ -53,8 +53,8 @@ def final_samples(config: DigitsConfig, apply, params, schedule, key, mesh) -> d
     t0 = time.perf_counter()
     result = sample(
         apply, params, schedule, (config.num_samples, 8, 8, 1), jax.random.fold_in(key, 3),
-        sampler=config.sampler, steps=config.sample_steps, clip_x0=1.0, record=record,
-        chunk_size=250, mesh=mesh,
+        solver=solver_from_flags(config.sampler, clip_x0=1.0), steps=config.sample_steps,
+        record=record, loop=Loop(chunk_size=250), mesh=mesh,
     )  # fmt: skip
     samples, trajectory = gather((result.samples, result.trajectory))
     return {

@@ -16,7 +16,7 @@ from jaxdiff import data as jdata
 from jaxdiff.models import count_params
 from jaxdiff.outputs import write_json
 from jaxdiff.runs import load_run
-from jaxdiff.samplers import sample
+from jaxdiff.samplers import Guidance, Inpaint, Loop, sample, solver_from_flags
 from jaxdiff.sharding import make_mesh
 
 
@@ -65,11 +65,14 @@ def main(config: InpaintConfig) -> dict:
     t0 = time.perf_counter()
     result = sample(
         run.apply, run.params, run.schedule, known.shape, jax.random.key(config.seed),
-        sampler=config.sampler, steps=steps,
-        labels=jnp.asarray(np.tile(labels, m)) if run.num_classes else None,
-        num_classes=run.num_classes, guidance_scale=guidance, mask=masks, known=known,
-        resample_jumps=config.resample_jumps, jump_length=config.jump_length,
-        prediction=run.spec.train.prediction, clip_x0=1.0, chunk_size=250,
+        solver=solver_from_flags(config.sampler, prediction=run.spec.train.prediction,
+                                 clip_x0=1.0),
+        steps=steps,
+        guidance=Guidance(guidance, labels=jnp.asarray(np.tile(labels, m)),
+                          num_classes=run.num_classes) if run.num_classes else None,
+        inpaint=Inpaint(masks, known, resample_jumps=config.resample_jumps,
+                        jump_length=config.jump_length),
+        loop=Loop(chunk_size=250),
         mesh=make_mesh(),  # the batch split over all devices
     )  # fmt: skip
     raw = np.asarray(jax.device_get(result.samples))

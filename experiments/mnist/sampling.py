@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxdiff import data as jdata
 from jaxdiff import plotting
-from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.samplers import Guidance, Loop, sample, solver_from_flags, step_sequence
 from jaxdiff.sharding import gather, is_main_process
 from jaxdiff.train import eval_params
 
@@ -23,16 +23,20 @@ GRID = 64  # samples in each progress grid
 to_images = jdata.unit_images  # sampler output -> float32 [0, 1], as samples.npy stores it
 
 
-def _options(config, num_classes: int | None) -> dict:
-    """The keyword arguments of :func:`jaxdiff.sample` that the run's config decides."""
+def _options(config) -> dict:
+    """The keyword arguments of :func:`jaxdiff.sample` that the run's config decides (the
+    solver from ``--sampler`` and ``--prediction``; guidance is per call, with its labels)."""
     return dict(
-        sampler=config.sampler,
+        solver=solver_from_flags(config.sampler, prediction=config.prediction, clip_x0=1.0),
         steps=config.sample_steps,
-        num_classes=num_classes,
-        guidance_scale=config.guidance_scale if num_classes else 0.0,
-        prediction=config.prediction,
-        clip_x0=1.0,
     )
+
+
+def _guidance(config, num_classes: int | None, labels) -> Guidance | None:
+    """``--guidance-scale`` and the labels of a class-conditional run; None if unconditional."""
+    if not num_classes:
+        return None
+    return Guidance(config.guidance_scale, labels=labels, num_classes=num_classes)
 
 
 def progress_grid_hook(
@@ -48,15 +52,15 @@ def progress_grid_hook(
     ncols = 8
     if num_classes:  # one column per digit
         n, ncols = n - n % 10 or n, 10
-    options = _options(config, num_classes)
-    if options["sampler"] == "ddpm" and (options["steps"] or config.num_timesteps) > 100:
+    options = _options(config)
+    if config.sampler == "ddpm" and (options["steps"] or config.num_timesteps) > 100:
         options["steps"] = 25
-    labels = jnp.arange(n) % 10 if num_classes else None
+    guidance = _guidance(config, num_classes, jnp.arange(n) % 10 if num_classes else None)
 
     def hook(step: int, state) -> None:
         result = sample(
             apply, eval_params(state), schedule, (n, *shape), jax.random.fold_in(key, 2),
-            labels=labels, chunk_size=SAMPLE_CHUNK, mesh=mesh, **options,
+            guidance=guidance, loop=Loop(chunk_size=SAMPLE_CHUNK), mesh=mesh, **options,
         )  # fmt: skip
         images = to_images(gather(result.samples))  # every process takes part
         if is_main_process():
@@ -78,15 +82,15 @@ def final_samples(config, apply, params, schedule, shape, key, num_classes, mesh
     The batch is split over ``mesh``'s devices (all processes' in a multi-process run)."""
     n = config.num_samples
     labels = (np.arange(n) % 10).astype(np.int32) if num_classes else None
-    options = _options(config, num_classes)
+    options = _options(config)
     ts, t_next = step_sequence(schedule, config.sampler, config.sample_steps)
     n_steps = len(ts)
     sample_key = jax.random.fold_in(key, 3)
     t0 = time.perf_counter()
     result = sample(
         apply, params, schedule, (n, *shape), sample_key,
-        labels=None if labels is None else jnp.asarray(labels), chunk_size=SAMPLE_CHUNK,
-        mesh=mesh, **options,
+        guidance=_guidance(config, num_classes, None if labels is None else jnp.asarray(labels)),
+        loop=Loop(chunk_size=SAMPLE_CHUNK), mesh=mesh, **options,
     )  # fmt: skip
     samples = to_images(gather(result.samples))
     seconds = time.perf_counter() - t0
@@ -94,10 +98,10 @@ def final_samples(config, apply, params, schedule, shape, key, num_classes, mesh
     # keep the figure and the GIF small.
     few = min(10, n)
     record = sorted(set(np.linspace(0, n_steps - 1, min(n_steps, 40)).round().astype(int)))
+    few_labels = None if labels is None else jnp.asarray(labels[:few])
     traced = sample(
         apply, params, schedule, (few, *shape), sample_key,
-        labels=None if labels is None else jnp.asarray(labels[:few]), record=record, mesh=mesh,
-        **options,
+        guidance=_guidance(config, num_classes, few_labels), record=record, mesh=mesh, **options,
     )  # fmt: skip
     return {
         "samples": samples,

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from experiments.toy2d.config import SCATTER_FRAMES, Toy2dConfig
-from jaxdiff.samplers import sample, step_sequence
+from jaxdiff.samplers import Loop, sample, solver_from_flags, step_sequence
 from jaxdiff.schedules import Schedule
 from jaxdiff.sharding import gather
 
@@ -41,12 +41,11 @@ def final_samples(
         schedule,
         (config.num_samples, dim),
         jax.random.fold_in(key, 4),
-        sampler=config.sampler,
+        solver=solver_from_flags(config.sampler, variance=config.variance),
         steps=config.sample_steps,
-        variance=config.variance,
         x_T=x_T,
         record=record,
-        steps_per_call=None,  # one scan: an MLP runs fine in a rolled loop
+        loop=Loop(steps_per_call=None),  # one scan: an MLP runs fine in a rolled loop
         mesh=mesh,
     )
     samples, traj = gather((result.samples, result.trajectory))
