@@ -3,7 +3,8 @@
 When a write fails (a full disk) or a read fails (a damaged file), orbax logs the error with its
 traceback from every thread that saw it (through absl's logger), asyncio reports every task and
 future whose exception nobody retrieved, and tensorstore's callbacks run into the event loop
-orbax has already closed (``RuntimeError: Event loop is closed``, reported as unraisable):
+orbax has already closed (``RuntimeError: Event loop is closed``, reported as unraisable), as
+does every read coroutine orbax abandoned when one array of a damaged checkpoint failed:
 hundreds to tens of thousands of stderr lines for one problem that
 :class:`~jaxdiff.checkpoint.Checkpointer` already raises or warns about in one line.
 :func:`install` drops exactly those reports for the rest of the process; everything else (other
@@ -56,9 +57,15 @@ def _is_closed_loop_callback(unraisable: Any) -> bool:
     )
 
 
+def _is_abandoned_orbax_coroutine(unraisable: Any) -> bool:
+    """A coroutine of orbax's that raised after the read it served had already failed (orbax
+    stops awaiting the other arrays' reads; when they are collected, Python reports each one)."""
+    return _raised_in_orbax(unraisable.exc_traceback)
+
+
 def _quiet_unraisable_hook(hook):
     def quiet(unraisable: Any) -> None:
-        if not _is_closed_loop_callback(unraisable):
+        if not (_is_closed_loop_callback(unraisable) or _is_abandoned_orbax_coroutine(unraisable)):
             hook(unraisable)
 
     return quiet
