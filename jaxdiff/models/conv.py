@@ -21,14 +21,19 @@ the CPU MNIST U-Net (base 16) 308 -> 255 ms and ``unet_mnist_small`` (base 32) 8
 batch 32 (``benchmarks/RESULTS.md``). The gradients equal XLA's up to float32 summation order
 (relative error ~1e-6, ``tests/test_conv.py``).
 
-It is a ``jax.custom_vjp``: reverse-mode autodiff (``jax.grad``, ``jax.vjp``) works, under
-``jit`` and ``vmap``, but forward-mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) does
-not; build the models with ``fast_conv_grad=False`` for that. Cases it does not cover (not 2-D,
-grouped, input-dilated, other dimension layouts than flax's NHWC/HWIO) go straight to
-``lax.conv_general_dilated``.
+It is a ``jax.custom_jvp`` whose tangent rule is the convolution's own bilinear tangent
+``conv(t_x, w) + conv(x, t_w)``, the second term on CPU written as the per-tap products
+``sum_ij X_ij t_w[i, j]`` (:func:`conv_kernel_tangent`). Reverse mode (``jax.grad``,
+``jax.vjp``) is JAX's transpose of that rule: ``conv(t_x, w)`` transposes to XLA's input
+gradient and the per-tap products to the products ``X_ij^T G`` above, so the gradient is the
+same computation as a hand-written backward pass, while forward mode (``jax.jvp``,
+``jax.jacfwd``) and higher derivatives (``jax.hessian``) work too, under ``jit`` and ``vmap``.
+A tangent that is zero (say the parameters' in a ``jax.jvp`` in the input) skips its term.
+Cases it does not cover (not 2-D, grouped, input-dilated, other dimension layouts than flax's
+NHWC/HWIO) go straight to ``lax.conv_general_dilated``.
 
 Use it through :class:`Conv` (``nnx.Conv`` with this convolution and a bias whose gradient is
-a matrix product, :func:`jaxdiff.models.sums.channel_sums`), or through
+a matrix product, the transpose of :func:`jaxdiff.models.sums.spread_channels`), or through
 ``nnx.Conv(..., conv_general_dilated=conv_general_dilated)``; the U-Net uses :class:`Conv` by
 default.
 """
@@ -36,16 +41,18 @@ default.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
-from jaxdiff.models.sums import channel_sums
+from jaxdiff.models.sums import spread_channels
 
-__all__ = ["Conv", "add_bias", "conv_general_dilated", "conv_kernel_grad"]
+__all__ = ["Conv", "add_bias", "conv_general_dilated", "conv_kernel_grad", "conv_kernel_tangent"]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -64,6 +71,23 @@ def _conv(x, w, strides, pads, dilation, precision):
     return lax.conv_general_dilated(
         x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC, precision=precision
     )
+
+
+def _windows(x, kernel_size, strides, pads, dilation, out_hw):
+    """The ``kh * kw`` input windows ``X_ij (B, P, Q, C_in)``, row-major over the taps: the
+    pixels of the padded ``x`` that tap ``(i, j)`` multiplies (module docstring)."""
+    b, c_in = x.shape[0], x.shape[-1]
+    p, q = out_hw
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    for i in range(kernel_size[0]):
+        for j in range(kernel_size[1]):
+            oi, oj = i * dilation[0], j * dilation[1]
+            yield lax.slice(
+                xp,
+                (0, oi, oj, 0),
+                (b, oi + strides[0] * (p - 1) + 1, oj + strides[1] * (q - 1) + 1, c_in),
+                (1, strides[0], strides[1], 1),
+            )
 
 
 def conv_kernel_grad(
@@ -89,61 +113,80 @@ def conv_kernel_grad(
       ``(kh, kw, C_in, C_out)`` in ``g``'s dtype: ``dW[i, j] = X_ij^T G`` (module docstring),
       accumulated in float32.
     """
-    kh, kw = kernel_size
     b, p, q, c_out = g.shape
-    c_in = x.shape[-1]
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     g2 = g.reshape(b * p * q, c_out)
-    rows = []
-    for i in range(kh):
-        taps = []
-        for j in range(kw):
-            oi, oj = i * dilation[0], j * dilation[1]
-            window = lax.slice(
-                xp,
-                (0, oi, oj, 0),
-                (b, oi + strides[0] * (p - 1) + 1, oj + strides[1] * (q - 1) + 1, c_in),
-                (1, strides[0], strides[1], 1),
-            )  # (B, P, Q, C_in): the input pixels that tap (i, j) multiplies
-            taps.append(
-                lax.dot_general(
-                    window.reshape(b * p * q, c_in),
-                    g2,
-                    (((0,), (0,)), ((), ())),
-                    precision=precision,
-                    preferred_element_type=jnp.float32,
-                )
-            )
-        rows.append(jnp.stack(taps))
-    return jnp.stack(rows).astype(g.dtype)
+    taps = [
+        _matmul32(window.reshape(b * p * q, -1), g2, 0, precision)  # X_ij^T G
+        for window in _windows(x, kernel_size, strides, pads, dilation, (p, q))
+    ]
+    kh, kw = kernel_size
+    return jnp.stack(taps).reshape(kh, kw, *taps[0].shape).astype(g.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_kernel_tangent(
+    x: jax.Array,
+    tw: jax.Array,
+    strides: tuple[int, int],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    dilation: tuple[int, int] = (1, 1),
+    precision=None,
+) -> jax.Array:
+    """``conv(x, tw)`` as one matrix product per kernel tap: ``sum_ij X_ij tw[i, j]``.
+
+    The same value as the convolution, linear in ``tw``; written so that JAX's transpose of it
+    with respect to ``tw`` (reverse mode) is :func:`conv_kernel_grad`'s products
+    ``X_ij^T G``. Shapes: ``x (B, H, W, C_in)``, ``tw (kh, kw, C_in, C_out)`` ->
+    ``(B, P, Q, C_out)`` in ``tw``'s dtype, accumulated in float32.
+    """
+    kh, kw, _, c_out = tw.shape
+    b = x.shape[0]
+    p, q = _out_hw(x.shape[1:3], (kh, kw), strides, pads, dilation)
+    taps = tw.reshape(kh * kw, *tw.shape[2:])
+    out = functools.reduce(
+        operator.add,
+        (
+            _matmul32(window.reshape(b * p * q, -1), taps[k], 1, precision)  # X_ij tw[i, j]
+            for k, window in enumerate(_windows(x, (kh, kw), strides, pads, dilation, (p, q)))
+        ),
+    )
+    return out.reshape(b, p, q, c_out).astype(tw.dtype)
+
+
+def _matmul32(a, b, a_axis: int, precision):
+    """``a`` (2-D, contracted over ``a_axis``) times ``b`` (over its axis 0), in float32."""
+    dims = (((a_axis,), (0,)), ((), ()))
+    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
+def _out_hw(hw, kernel_size, strides, pads, dilation):
+    """The output's ``(P, Q)`` for input ``(H, W)`` (explicit padding, no input dilation)."""
+    return tuple(
+        (n + lo + hi - (k - 1) * d - 1) // s + 1
+        for n, k, s, (lo, hi), d in zip(hw, kernel_size, strides, pads, dilation, strict=True)
+    )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
 def _fast_conv(x, w, strides, pads, dilation, precision):
     return _conv(x, w, strides, pads, dilation, precision)
 
 
-def _fast_conv_fwd(x, w, strides, pads, dilation, precision):
-    return _conv(x, w, strides, pads, dilation, precision), (x, w)
-
-
-def _fast_conv_bwd(strides, pads, dilation, precision, residuals, g):
-    x, w = residuals
+@functools.partial(_fast_conv.defjvp, symbolic_zeros=True)
+def _fast_conv_jvp(strides, pads, dilation, precision, primals, tangents):
+    """``t_y = conv(t_x, w) + conv(x, t_w)`` (bilinear); on CPU the second term per tap
+    (:func:`conv_kernel_tangent`), whose transpose is the matmul kernel gradient. A symbolic
+    zero tangent skips its term."""
+    x, w = primals
+    tx, tw = tangents
     conv = functools.partial(_conv, strides=strides, pads=pads, dilation=dilation,
                              precision=precision)  # fmt: skip
-
-    def xla_grads(g):  # XLA's transposes of the convolution (conv is bilinear: no forward)
-        return jax.vjp(conv, x, w)[1](g)
-
-    def cpu_grads(g):
-        (dx,) = jax.vjp(lambda x_: conv(x_, w), x)[1](g)
-        dw = conv_kernel_grad(x, g, w.shape[:2], strides, pads, dilation, precision)
-        return dx, dw.astype(w.dtype)
-
-    return lax.platform_dependent(g, cpu=cpu_grads, default=xla_grads)
-
-
-_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+    y = conv(x, w)
+    ty = jnp.zeros_like(y) if isinstance(tx, SymbolicZero) else conv(tx, w)
+    if not isinstance(tw, SymbolicZero):
+        by_taps = functools.partial(conv_kernel_tangent, strides=strides, pads=pads,
+                                    dilation=dilation, precision=precision)  # fmt: skip
+        ty = ty + lax.platform_dependent(x, tw, cpu=by_taps, default=conv)
+    return y, ty
 
 
 def conv_general_dilated(
@@ -206,21 +249,20 @@ def conv_general_dilated(
     )
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """``y (..., C) + bias (C,)``; the bias gradient is a matrix product (:mod:`.sums`)."""
     return y + bias
 
 
-def _add_bias_fwd(y, bias):
-    return y + bias, bias
-
-
-def _add_bias_bwd(bias, g):
-    return g, channel_sums(g).astype(bias.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+@functools.partial(add_bias.defjvp, symbolic_zeros=True)
+def _add_bias_jvp(primals, tangents):
+    """``t_y + spread_channels(t_bias)``: transposed, ``channel_sums(g)``, a dot."""
+    (y, bias), (ty, tbias) = primals, tangents
+    out = jnp.zeros_like(y) if isinstance(ty, SymbolicZero) else ty
+    if not isinstance(tbias, SymbolicZero):
+        out = out + spread_channels(tbias, y.shape).astype(out.dtype)
+    return y + bias, out
 
 
 class Conv(nnx.Conv):

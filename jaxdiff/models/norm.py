@@ -1,4 +1,4 @@
-"""Group normalisation (Wu & He 2018) with a hand-written backward pass.
+"""Group normalisation (Wu & He 2018) with hand-written derivatives.
 
 ``y = (x - mean_g) / sqrt(var_g + eps) * scale + bias``, the statistics taken per example and per
 group of ``C / G`` channels over all positions: the same function and parameters as
@@ -9,28 +9,38 @@ interchangeable.
 Why not flax's: differentiating its mean and variance gives a backward pass of many small
 reductions, each fused by XLA:CPU with a recomputation of the normalisation into a loop over the
 ``C`` channels; in the CPU preset's U-Net those were the largest cost of a training step
-(``benchmarks/profile_step.py``). Here the gradient is written out once (the standard result,
-e.g. Wu & He 2018 eq. 1 differentiated):
+(``benchmarks/profile_step.py``). Here the derivative is written out once (Wu & He 2018 eq. 1
+differentiated; ``xhat = (x - mean) * rstd``, ``mean_grp`` the average over the positions and
+channels of each example's group). Forward mode, the tangent::
 
-    xhat = (x - mean) * rstd
+    t_xhat = rstd * (t_x - mean_grp(t_x) - xhat * mean_grp(t_x * xhat))
+    t_y = t_xhat * scale + xhat * t_scale + t_bias
+
+and reverse mode, its transpose (the map ``t_x -> t_xhat`` is symmetric)::
+
     dbias = sum_{b,h,w} dy          dscale = sum_{b,h,w} dy * xhat
     g = dy * scale
     dx = rstd * (g - mean_grp(g) - xhat * mean_grp(g * xhat))
 
-where ``mean_grp`` averages over the positions and channels of each example's group. The
-backward pass needs two sums over the positions, ``sum dy`` and ``sum dy * xhat`` per example
-and channel; everything else follows from them.
+:func:`group_norm` is a ``jax.custom_jvp`` with the first, written so that JAX's automatic
+transpose of it is the second: every broadcast of a per-channel value over the positions is
+:func:`~jaxdiff.models.sums.spread_positions`, which transposes to a sum computed as a matrix
+product, and the per-channel terms are gathered so that the transpose needs only two sums over
+the positions, ``sum dy`` and ``sum dy * xhat`` per example and channel, as a hand-written
+backward pass would. ``jax.jvp``, ``jax.jacfwd``, ``jax.grad`` and ``jax.hessian`` all work.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
-from jaxdiff.models.sums import sum_positions
+from jaxdiff.models.sums import spread_positions, sum_positions
 
 __all__ = ["GroupNorm", "group_norm"]
 
@@ -63,7 +73,7 @@ def _forward(x, scale, bias, groups, eps):
     return y, xhat, rstd
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def group_norm(
     x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float = 1e-6
 ) -> jax.Array:
@@ -75,39 +85,61 @@ def group_norm(
     return _forward(x, scale, bias, groups, eps)[0].astype(x.dtype)
 
 
-def _fwd(x, scale, bias, groups, eps):
+@functools.partial(group_norm.defjvp, symbolic_zeros=True)
+def _jvp(groups, eps, primals, tangents):
+    """The module docstring's tangent, gathered as ``t_y = a t_x + xhat P(u) + P(v)``.
+
+    ``a = rstd * scale``; per example and channel ``(B, C)``:
+    ``u = t_scale - rstd * scale * mean_grp(t_x * xhat)`` and
+    ``v = t_bias - rstd * scale * mean_grp(t_x)``; ``P = spread_positions``. JAX's transpose
+    (reverse mode) turns ``P`` into the two sums ``sum dy * xhat`` and ``sum dy``, as dots, and
+    the rest into the module docstring's backward pass. A tangent that is a symbolic zero (an
+    argument not being differentiated) skips its terms.
+    """
+    x, scale, bias = primals
+    tx, tscale, tbias = (None if isinstance(t, SymbolicZero) else t for t in tangents)
     y, xhat, rstd = _forward(x, scale, bias, groups, eps)
-    return y.astype(x.dtype), (xhat, rstd, scale)
-
-
-def _bwd(groups, eps, residuals, dy):
-    del eps
-    xhat, rstd, scale = residuals
-    x_dtype = dy.dtype  # the output's dtype, which is x's
-    dy = dy.astype(jnp.float32)
+    b, c = x.shape[0], x.shape[-1]
+    n = _positions(xhat)
     scale32 = scale.astype(jnp.float32)
-    n = _positions(dy)
-    s_dy = sum_positions(dy)  # (B, C)
-    s_dy_xhat = sum_positions(dy * xhat)  # (B, C)
-    # g = dy * scale: mean_grp(g) and mean_grp(g * xhat) from the per-channel sums above
-    mean_g = _broadcast(_group_mean(s_dy * scale32, groups, n), dy)
-    mean_gx = _broadcast(_group_mean(s_dy_xhat * scale32, groups, n), dy)
-    dx = (dy * scale32 - mean_g - xhat * mean_gx) * _broadcast(rstd, dy)
-    dscale, dbias = s_dy_xhat.sum(axis=0), s_dy.sum(axis=0)  # (B, C) -> (C,): small
-    return dx.astype(x_dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+    terms, u, v = [], [], []  # terms of t_y; of u and v (B, C)
+    if tx is not None:
+        tx = tx.astype(jnp.float32)
+        terms.append(tx * _broadcast(rstd, xhat) * scale32)
+        k = -_per_channel(rstd, c) * scale32  # (B, C)
+        u.append(k * _per_channel(_group_mean(sum_positions(tx * xhat), groups, n), c))
+        v.append(k * _per_channel(_group_mean(sum_positions(tx), groups, n), c))
+    if tscale is not None:
+        u.append(jnp.broadcast_to(tscale.astype(jnp.float32), (b, c)))
+    if tbias is not None:
+        v.append(jnp.broadcast_to(tbias.astype(jnp.float32), (b, c)))
+    if u:
+        terms.append(xhat * spread_positions(_total(u), xhat.shape))
+    if v:
+        terms.append(spread_positions(_total(v), xhat.shape))
+    return y.astype(x.dtype), _total(terms).astype(x.dtype)
 
 
-group_norm.defvjp(_fwd, _bwd)
+def _total(terms: list[jax.Array]) -> jax.Array:
+    """``terms[0] + terms[1] + ...``: no ``0 +`` (``sum``'s start), which JAX transposes into
+    a dead reduction."""
+    return functools.reduce(operator.add, terms)
+
+
+def _per_channel(v: jax.Array, c: int) -> jax.Array:
+    """``(B, groups)`` -> ``(B, C)``: each group's value on its channels."""
+    return jnp.repeat(v, c // v.shape[1], axis=1)
 
 
 class GroupNorm(nnx.Module):
     """Group normalisation over the last axis of ``(B, ..., C)`` inputs.
 
     Same parameters (``scale`` ones, ``bias`` zeros, shape ``(C,)``) and the same function as
-    ``nnx.GroupNorm(num_features, num_groups=..., epsilon=1e-6)``, with the backward pass of
+    ``nnx.GroupNorm(num_features, num_groups=..., epsilon=1e-6)``, with the derivatives of
     :func:`group_norm` if ``fast_grad``; ``fast_grad=False`` differentiates the same forward
-    computation by autodiff, so forward mode (``jax.jvp``) works too. ``dtype`` is the
-    output dtype (None: the input's); parameters stay ``param_dtype``.
+    computation by plain autodiff (slower gradients on XLA:CPU). Both work in forward and
+    reverse mode. ``dtype`` is the output dtype (None: the input's); parameters stay
+    ``param_dtype``.
     """
 
     def __init__(
