@@ -9,7 +9,10 @@ Each preset is a frozen description of one architecture that builds the model wh
     model = make_model("unet_compact", image_size=28, rngs=nnx.Rngs(0))
 
 :data:`PRESETS` maps every name to its preset; a run folder names its model by this name, so a
-trained run can be rebuilt from its config alone (:func:`jaxdiff.runs.load_run`).
+trained run can be rebuilt from its config alone (:func:`jaxdiff.runs.load_run`). Every preset's
+pure apply (:func:`jaxdiff.models.split_model`) composes with ``jax.jvp``, ``jax.jacfwd`` and
+``jax.grad``, with the default ``fast_conv_grad=True`` layers as without them
+(``tests/test_models.py``; their second derivatives: ``tests/test_conv.py``, ``test_norm.py``).
 
 Parameter counts below are for 1 channel and no labels; ``num_classes=10`` adds
 ``11 * 4 * base_channels`` (the label embedding).

@@ -135,14 +135,15 @@ class UNet(Denoiser):
         optimiser state and EMA are float32), GroupNorm statistics and the attention
         softmax are computed in float32, and the output is cast back to ``x``'s dtype.
         ``None`` (default): compute in the dtype of the inputs (float32).
-      fast_conv_grad: hand-written gradients for XLA:CPU: the convolutions' kernel
+      fast_conv_grad: hand-written derivatives for XLA:CPU: the convolutions' kernel
         gradients as matrix products on CPU (:mod:`jaxdiff.models.conv`; other backends keep
-        XLA's), the GroupNorm backward pass and the bias gradients with their sums as matrix
-        products (:mod:`jaxdiff.models.norm`, :mod:`jaxdiff.models.sums`). The same forward
-        pass and parameters, gradients equal up to float32 summation order, training steps
-        faster on XLA:CPU (``benchmarks/RESULTS.md``). It makes these layers
-        ``jax.custom_vjp`` functions, so forward-mode autodiff (``jax.jvp``,
-        ``jax.hessian``) needs ``fast_conv_grad=False``.
+        XLA's), the GroupNorm and bias gradients with their sums as matrix products
+        (:mod:`jaxdiff.models.norm`, :mod:`jaxdiff.models.sums`). The same forward pass and
+        parameters, derivatives equal up to float32 summation order, training steps faster
+        on XLA:CPU (``benchmarks/RESULTS.md``). The layers are ``jax.custom_jvp`` functions
+        whose reverse mode is JAX's transpose of their forward-mode rule, so ``jax.jvp``,
+        ``jax.jacfwd``, ``jax.grad`` and ``jax.hessian`` work either way; ``False`` builds
+        ``nnx.Conv`` and plain-autodiff GroupNorm layers.
       rngs: ``nnx.Rngs`` used for initialisation.
 
     Named architectures are in :mod:`jaxdiff.models.presets`; the default ``UNet(rngs=...)`` is

@@ -23,7 +23,8 @@ __all__ = ["AttentionBlock", "Downsample", "ResBlock", "Upsample", "make_conv", 
 
 def make_conv(cin: int, cout: int, kernel: tuple[int, int], *, fast_conv_grad: bool, **kw):
     """A conv layer: :class:`jaxdiff.models.conv.Conv` (gradients fast on XLA:CPU) if
-    ``fast_conv_grad``, else ``nnx.Conv`` (forward-mode autodiff works); the same parameters."""
+    ``fast_conv_grad``, else ``nnx.Conv``; the same parameters, and both differentiable in
+    forward and reverse mode."""
     if fast_conv_grad:
         return _conv_lib.Conv(cin, cout, kernel, **kw)
     return nnx.Conv(cin, cout, kernel, **kw)
@@ -35,8 +36,8 @@ class ResBlock(nnx.Module):
     ``h = conv1(SiLU(GN(x))) + Linear(SiLU(temb))[:, None, None, :]``;
     ``h = conv2(dropout(SiLU(GN(h))))``; returns ``skip(x) + h`` where ``skip`` is a
     1x1 conv if ``in_channels != out_channels`` and the identity otherwise.
-    ``fast_conv_grad``: the hand-written gradients of :mod:`.conv` and :mod:`.norm` (the same
-    function and parameters; forward-mode autodiff needs False).
+    ``fast_conv_grad``: the hand-written derivatives of :mod:`.conv` and :mod:`.norm` (the same
+    function and parameters; forward and reverse mode either way).
 
     Call: ``x (B, H, W, in_channels)``, ``temb (B, time_dim)``, ``dropout_key`` (or
     ``None``: no dropout) -> ``(B, H, W, out_channels)``. ``dtype`` is the computation
@@ -88,7 +89,7 @@ class AttentionBlock(nnx.Module):
 
     Call: ``x (B, H, W, channels)`` -> ``(B, H, W, channels)``. The softmax runs in float32
     whatever the computation ``dtype`` (``jax.nn.dot_product_attention``'s XLA path).
-    ``fast_conv_grad``: the GroupNorm's hand-written backward pass (:mod:`.norm`).
+    ``fast_conv_grad``: the GroupNorm's hand-written derivatives (:mod:`.norm`).
     """
 
     def __init__(
