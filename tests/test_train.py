@@ -250,6 +250,29 @@ def test_prediction_targets_trace(model, schedule, prediction):
     assert all(m.shape == () for m in metrics.values())
 
 
+def test_another_loss_drives_the_step(model, schedule):
+    """``loss=``: the step minimises the given objective (here ``sum(w^2) / 2`` over the
+    parameters, whose gradient is the parameters themselves), not DDPM's."""
+    params, apply = model
+    config = TrainConfig(learning_rate=0.1, grad_clip_norm=None, ema_decay=0.0)
+    seen = []
+
+    def loss(p, x0, labels, key, dropout_key):
+        seen.append((x0.shape, labels, key.shape, dropout_key.shape))
+        return 0.5 * sum(jnp.sum(w**2) for w in jax.tree_util.tree_leaves(p))
+
+    tx = make_optimizer(config)
+    state = init_train_state(params, tx, 0)
+    new, metrics = jax.jit(make_train_step(apply, schedule, config, tx, loss=loss))(
+        state, {"x": jnp.ones((8, worker.DIM))}
+    )
+    assert seen == [((8, worker.DIM), None, state.key.shape, state.key.shape)]
+    updates, _ = tx.update(params, state.opt_state, params)  # the gradient is the parameters
+    _assert_trees_close(new.params, optax.apply_updates(params, updates))
+    np.testing.assert_allclose(metrics["loss"], loss(params, jnp.ones((8, 1)), None,
+                                                     state.key, state.key), rtol=1e-6)  # fmt: skip
+
+
 def test_learning_rate_schedules():
     lr = make_lr_schedule(TrainConfig(learning_rate=1.0, warmup_steps=4))
     np.testing.assert_allclose([lr(s) for s in range(6)], [0.25, 0.5, 0.75, 1, 1, 1])

@@ -31,6 +31,7 @@ from jaxdiff.train.state import (
 
 __all__ = [
     "Batch",
+    "LossFn",
     "Metrics",
     "StepFn",
     "check_k",
@@ -43,6 +44,10 @@ __all__ = [
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+LossFn = Callable[..., jax.Array]
+"""``loss(params, x0, labels, key, dropout_key) -> scalar``: ``x0 (B, ...)``, ``labels (B,)``
+or None (after label dropout), ``key`` for the noise levels and noise, ``dropout_key`` for the
+network's dropout."""
 
 BATCH_KEYS = ("x", "labels")
 
@@ -94,6 +99,8 @@ def make_train_step(
     schedule: Schedule,
     config: TrainConfig = TrainConfig(),
     tx: optax.GradientTransformation | None = None,
+    *,
+    loss: LossFn | None = None,
 ) -> StepFn:
     """Build the pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -104,6 +111,9 @@ def make_train_step(
       config: see :class:`TrainConfig`.
       tx: the optimiser; default ``make_optimizer(config)`` (must be the one that built
         ``state.opt_state``).
+      loss: another objective, ``loss(params, x0, labels, key, dropout_key) -> scalar`` (see
+        :data:`LossFn`); None: DDPM eq. 14 with ``apply``, ``schedule`` and the config's
+        ``prediction``, ``antithetic``, ``loss_weighting`` and ``snr_gamma``.
 
     The returned step takes ``batch = {"x": (B, ...) float, "labels": (B,) int (optional)}``
     and returns the next state and ``metrics`` of float32 scalars: ``loss`` (the batch mean of
@@ -123,10 +133,13 @@ def make_train_step(
             labels = drop_labels(label_key, labels, config.label_dropout, config.num_classes)
 
         def loss_fn(params):
+            if loss is not None:
+                return loss(params, x0, labels, loss_key, dropout_key)
+
             def denoise(x_t, t):
                 return apply(params, x_t, t, labels, dropout_key=dropout_key)
 
-            loss, _ = denoising_loss(
+            value, _ = denoising_loss(
                 denoise,
                 schedule,
                 x0,
@@ -136,15 +149,15 @@ def make_train_step(
                 weighting=config.loss_weighting,
                 snr_gamma=config.snr_gamma,
             )
-            return loss
+            return value
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        value, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, config.ema_decay, warmup=config.ema_warmup)
         ema = ema_update(state.ema_params, params, decay)
         metrics = {
-            "loss": loss,
+            "loss": value,
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": lr_fn(state.step),
             "ema_decay": decay,

@@ -24,6 +24,7 @@ from jaxdiff.train.config import TrainConfig, scan_options
 from jaxdiff.train.state import PyTree, TrainState, init_train_state, make_optimizer
 from jaxdiff.train.step import (
     Batch,
+    LossFn,
     Metrics,
     check_k,
     make_data_multi_step,
@@ -51,7 +52,7 @@ class Trainer:
     single-process run); arrays already sharded (from :meth:`put_batch`) pass through.
 
     Args:
-      apply, schedule, config: as for :func:`make_train_step`.
+      apply, schedule, config, loss: as for :func:`make_train_step`.
       mesh: a mesh with axis ``"data"`` (default: all devices, :func:`jaxdiff.sharding.make_mesh`).
     """
 
@@ -62,11 +63,12 @@ class Trainer:
         config: TrainConfig = TrainConfig(),
         *,
         mesh: Mesh | None = None,
+        loss: LossFn | None = None,
     ):
         self.config = config
         self.mesh = make_mesh() if mesh is None else mesh
         self.tx = make_optimizer(config)
-        self.train_step = make_train_step(apply, schedule, config, self.tx)
+        self.train_step = make_train_step(apply, schedule, config, self.tx, loss=loss)
         self.platform = self.mesh.devices.flat[0].platform
         self.steps_per_call, self.unroll, self.batch_draw = scan_options(config, self.platform)
         rep = replicated_sharding(self.mesh)
