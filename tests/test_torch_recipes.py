@@ -1,6 +1,6 @@
-"""The PyTorch ports of ``benchmarks/torch_recipes.py`` are faithful to jaxdiff (issue #8).
+"""The PyTorch ports of ``benchmarks/pytorch/torch_recipes.py`` are faithful to jaxdiff (issue #8).
 
-The PyTorch-vs-jaxdiff benchmark (``benchmarks/bench_vs_torch.py``) is only meaningful if both
+The PyTorch-vs-jaxdiff benchmark (``benchmarks/pytorch/bench_vs_torch.py``) is only meaningful if both
 sides run the same network and the same recipe. These tests check that: equal parameter counts
 (abstract jaxdiff models, no compilation), equal forward passes after copying jaxdiff's
 parameters into the port (:func:`load_jax_params`: HWIO -> OIHW conv kernels, transposed Linear
@@ -40,7 +40,7 @@ from jaxdiff.models import (
 
 torch = pytest.importorskip(
     "torch",
-    reason="PyTorch is not installed; the PyTorch ports of benchmarks/torch_recipes.py are "
+    reason="PyTorch is not installed; the PyTorch ports of benchmarks/pytorch/torch_recipes.py are "
     "checked only with the optional extra: pip install -e '.[bench]'",
 )
 
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_ports():
-    path = ROOT / "benchmarks" / "torch_recipes.py"
+    path = ROOT / "benchmarks" / "pytorch" / "torch_recipes.py"
     spec = importlib.util.spec_from_file_location("torch_recipes", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it executes

@@ -41,9 +41,8 @@ Each saved step is a directory ``<directory>/<step>/`` with three orbax items:
 - ``metadata/``: a JSON object given by the caller (e.g. the run config), see
   :meth:`Checkpointer.read_metadata`.
 - ``checksums/``: a JSON object with a 64-bit fingerprint of every leaf, computed at save time
-  (see :func:`tree_fingerprints`; format ``jaxdiff-weighted-sum-v2``. Steps written by earlier
-  jaxdiff versions hold ``jaxdiff-splitmix64-sum-v1`` fingerprints, which are no longer checked:
-  they restore with a warning that says so).
+  (see :func:`tree_fingerprints`; format ``jaxdiff-weighted-sum-v2``; an item of any other
+  format makes the step corrupt).
 
 The state may be any pytree: NamedTuples, dicts, lists, ``flax.nnx.State`` (from ``nnx.split``),
 optax states. Leaves are ``jax.Array`` (any sharding), NumPy arrays or Python scalars. Typed PRNG

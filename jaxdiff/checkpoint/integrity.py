@@ -9,14 +9,13 @@ write never finished.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.checkpoint.errors import StepCorrupt, UnverifiedCheckpointWarning
+from jaxdiff.checkpoint.errors import StepCorrupt
 from jaxdiff.checkpoint.trees import is_prng_key, leaves_by_name
 
 __all__ = [
@@ -29,8 +28,6 @@ __all__ = [
 
 COMMIT_MARKER = "commit_success.txt"  # written by orbax just before the commit rename
 FORMAT = "jaxdiff-weighted-sum-v2"
-# Fingerprints of earlier jaxdiff versions: such steps restore without the fingerprint check.
-_LEGACY_FORMATS = ("jaxdiff-splitmix64-sum-v1",)
 _MOD = 1 << 64
 _CHUNK = 1 << 20  # longest axis summed in one NumPy pass (bounds the temporaries to 8 MiB)
 
@@ -173,32 +170,18 @@ def check_committed(step_dir) -> None:
         raise StepCorrupt(f"{COMMIT_MARKER} is missing, so its write never finished")
 
 
-def verify(state: Any, checksums: Any, where: str) -> None:
+def verify(state: Any, checksums: Any) -> None:
     """Check a restored ``state`` against the ``checksums`` item saved with it.
 
     Args:
         state: the restored pytree.
         checksums: the restored ``checksums`` item (see :func:`checksums_item`).
-        where: names the step in a warning, e.g. ``"checkpoint step 2 in /runs/a/ckpt"``.
 
     Raises:
         StepCorrupt: a leaf differs from its recorded fingerprint (the message names the leaf),
             or the item is not a JSON object of a known format.
-
-    Warns:
-        UnverifiedCheckpointWarning: the fingerprints are of an earlier jaxdiff format; the
-            step is accepted on the strength of orbax's reads alone.
     """
     fmt = checksums.get("format") if isinstance(checksums, dict) else None
-    if fmt in _LEGACY_FORMATS:
-        warnings.warn(
-            f"{where} records its fingerprints in the format {fmt} of an earlier jaxdiff "
-            f"version, which this version does not check: it was restored unverified (orbax "
-            f"read every array without an error). Save it again to record {FORMAT} fingerprints",
-            UnverifiedCheckpointWarning,
-            stacklevel=4,
-        )
-        return
     if fmt != FORMAT:
         raise StepCorrupt("its checksums item is unreadable or of an unknown format")
     expected = checksums.get("leaves", {})

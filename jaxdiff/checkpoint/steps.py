@@ -89,7 +89,7 @@ def read_state(
     state = restored[STATE]
     meta = dict(restored[METADATA] or {}) if has_meta else {}
     if has_sums:
-        integrity.verify(state, restored[CHECKSUMS], where)
+        integrity.verify(state, restored[CHECKSUMS])
     elif verify:
         warnings.warn(
             f"{where} has no {CHECKSUMS}/ folder, so its arrays cannot be verified (a flipped "

@@ -4,7 +4,7 @@ Three recipes, each trained on the real MNIST training set (60,000 images in [-1
 process, run one after the other:
 
 - ``torch``: the PyTorch port of the tutorial recipe that ``experiments.mnist``'s CPU preset
-  started from (``benchmarks/torch_recipes.py`` recipe "mnist": the 0.28M-parameter compact
+  started from (``benchmarks/pytorch/torch_recipes.py`` recipe "mnist": the 0.28M-parameter compact
   U-Net, batch 32, linear schedule T=1000, L_simple, Adam 1e-3 with 100 warm-up steps, clip 1,
   EMA 0.995), eager, the tutorials' Python training loop;
 - ``jax-tutorial``: the same recipe in jaxdiff (``experiments.mnist``'s CPU preset with
@@ -25,7 +25,7 @@ Run (from the repository root, ``pip install -e ".[bench]"``, MNIST via ``TFDS_D
 the project's 2-core CPU ``--recipe torch jax-default --steps 1600 --eval-every 400`` took 25
 minutes on 2026-12-01, so the three recipes at 2,400 steps need roughly an hour)::
 
-    python benchmarks/time_to_fid.py --recipe torch jax-tutorial jax-default --steps 2400 \\
+    python benchmarks/pytorch/time_to_fid.py --recipe torch jax-tutorial jax-default --steps 2400 \\
         --eval-every 300 --threshold 100 70 --json runs/time_to_fid.json
 
 Each recipe runs in a fresh subprocess (``--worker``), so no process inherits another's threads
@@ -45,7 +45,7 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxdiff, experiments
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # jaxdiff, experiments
 
 import numpy as np
 
@@ -71,7 +71,7 @@ def _mnist(data_dir: str | None) -> np.ndarray:
 
 def torch_worker(args) -> dict:
     import torch
-    import torch_recipes as tr  # benchmarks/ is on sys.path when this file runs
+    import torch_recipes as tr  # benchmarks/pytorch/ is on sys.path when this file runs
 
     torch.manual_seed(args.seed)
     recipe = tr.RECIPES["mnist"]

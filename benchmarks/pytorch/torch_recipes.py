@@ -572,7 +572,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     # experiments.mnist, preset "cpu" as the tutorial recipe it started from: the preset itself
     # now trains with the cosine schedule and Min-SNR-5 weighting, which cost the same per step
-    # (benchmarks/time_to_fid.py compares the two recipes' quality)
+    # (benchmarks/pytorch/time_to_fid.py compares the two recipes' quality)
     "mnist": Recipe(
         name="mnist",
         model="unet_compact",

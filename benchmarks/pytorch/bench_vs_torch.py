@@ -1,6 +1,6 @@
 """PyTorch vs jaxdiff on the three tutorial recipes, timed alternately in fresh processes.
 
-For each recipe the PyTorch port (``benchmarks/torch_recipes.py``: eager, a Python training loop,
+For each recipe the PyTorch port (``benchmarks/pytorch/torch_recipes.py``: eager, a Python training loop,
 a Python DDPM loop) and jaxdiff (the code path the experiments run: ``Trainer`` + ``fit``, and
 ``jaxdiff.samplers.sample``) run one after the other, torch, jax, torch, jax, ..., each
 measurement in a fresh subprocess, so that the peak resident memory (``ru_maxrss``) is that
@@ -22,7 +22,7 @@ used. Each run reports:
 The summary gives median [min, max] over ``--repeats`` and the ratio torch / jax of the medians
 (> 1: jaxdiff is faster). The two sides count their parameters and the runner asserts equality.
 
-Recipes (``benchmarks/torch_recipes.py`` lists their hyper-parameters, equal to the
+Recipes (``benchmarks/pytorch/torch_recipes.py`` lists their hyper-parameters, equal to the
 experiments' defaults):
 
 - ``moons``: ``experiments.toy2d`` (ConditionalMLP, batch 128, sigmoid T=100, Adam 1e-3, clip 1,
@@ -46,20 +46,20 @@ Full measurements (from the repository root, ``pip install -e ".[bench]"``, on a
 idle machine; on the project's 2-core CPU moons and digits take roughly 20-30 minutes each and
 mnist, with its two 1000-step sampling calls per run, well over an hour)::
 
-    python benchmarks/bench_vs_torch.py --recipe moons --repeats 3 --json runs/vs_torch_moons.json
-    python benchmarks/bench_vs_torch.py --recipe digits --steps 40 --repeats 3 \\
+    python benchmarks/pytorch/bench_vs_torch.py --recipe moons --repeats 3 --json runs/vs_torch_moons.json
+    python benchmarks/pytorch/bench_vs_torch.py --recipe digits --steps 40 --repeats 3 \\
         --json runs/vs_torch_digits.json
-    python benchmarks/bench_vs_torch.py --recipe mnist --steps 100 --repeats 3 \\
+    python benchmarks/pytorch/bench_vs_torch.py --recipe mnist --steps 100 --repeats 3 \\
         --sample-steps 1000 --sample-batch 64 --json runs/vs_torch_mnist.json
-    python benchmarks/bench_vs_torch.py --recipe all --repeats 3 --torch-compile   # compiled
+    python benchmarks/pytorch/bench_vs_torch.py --recipe all --repeats 3 --torch-compile   # compiled
 
 On a GPU (issue #4's pair: the GPU preset's ``unet_mnist``, batch 128, float32 -- TF32
 convolutions on both sides by default -- and bfloat16 mixed precision; the peak is the device's
 dense TFLOP/s for that precision, here an H100 SXM: 494.7 TF32, 989.4 bf16)::
 
-    python benchmarks/bench_vs_torch.py --recipe mnist_full --device cuda --steps 100 \
+    python benchmarks/pytorch/bench_vs_torch.py --recipe mnist_full --device cuda --steps 100 \
         --repeats 3 --sample-steps 250 --peak-tflops 494.7 --json runs/gpu_mnist_fp32.json
-    python benchmarks/bench_vs_torch.py --recipe mnist_full --device cuda --steps 100 \
+    python benchmarks/pytorch/bench_vs_torch.py --recipe mnist_full --device cuda --steps 100 \
         --repeats 3 --sample-steps 250 --dtype bfloat16 --peak-tflops 989.4
 
 ``--dtype bfloat16`` runs PyTorch's forward under ``torch.autocast`` and builds jaxdiff's U-Net
@@ -69,9 +69,9 @@ the same model on both sides) and the model FLOPs utilisation.
 
 Quick smoke runs (minutes)::
 
-    python benchmarks/bench_vs_torch.py --recipe mnist --steps 4 --repeats 1 --sample-steps 4
-    python benchmarks/bench_vs_torch.py --recipe moons --steps 50 --repeats 1
-    python benchmarks/bench_vs_torch.py --recipe digits --steps 4 --repeats 1
+    python benchmarks/pytorch/bench_vs_torch.py --recipe mnist --steps 4 --repeats 1 --sample-steps 4
+    python benchmarks/pytorch/bench_vs_torch.py --recipe moons --steps 50 --repeats 1
+    python benchmarks/pytorch/bench_vs_torch.py --recipe digits --steps 4 --repeats 1
 
 CPU threads: PyTorch uses one OpenMP thread per core by default and XLA:CPU its own pool; both
 defaults are kept (the "threads" field records PyTorch's). On a CPU shared with other jobs
@@ -97,7 +97,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE_NAMES = ("moons", "digits", "mnist", "mnist_full")
 ALL_RECIPES = ("moons", "digits", "mnist")  # --recipe all: the three tutorial recipes
 DEFAULT_STEPS = {"moons": 1000, "digits": 20, "mnist": 40, "mnist_full": 40}  # x20, not moons
@@ -123,7 +123,7 @@ def _steady(result: dict, batch: int) -> None:
 
 
 def torch_worker(args) -> dict:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "pytorch"))
     import torch
     import torch_recipes as tr
 
