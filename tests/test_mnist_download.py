@@ -454,8 +454,8 @@ def test_an_unused_gpu_is_named_with_the_install_command(tmp_path, monkeypatch):
 
 def test_bench_vs_torch_refuses_to_time_a_cpu_as_a_gpu():
     result = subprocess.run(
-        [sys.executable, "benchmarks/pytorch/bench_vs_torch.py", "--worker", "jax", "--recipe", "moons",
-         "--device", "cuda", "--steps", "1"],
+        [sys.executable, "benchmarks/pytorch/bench_vs_torch.py", "--worker", "jax",
+         "--recipe", "moons", "--device", "cuda", "--steps", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode != 0

@@ -1,8 +1,8 @@
 """The PyTorch ports of ``benchmarks/pytorch/torch_recipes.py`` are faithful to jaxdiff (issue #8).
 
-The PyTorch-vs-jaxdiff benchmark (``benchmarks/pytorch/bench_vs_torch.py``) is only meaningful if both
-sides run the same network and the same recipe. These tests check that: equal parameter counts
-(abstract jaxdiff models, no compilation), equal forward passes after copying jaxdiff's
+The PyTorch-vs-jaxdiff benchmark (``benchmarks/pytorch/bench_vs_torch.py``) is only meaningful
+if both sides run the same network and the same recipe. These tests check that: equal parameter
+counts (abstract jaxdiff models, no compilation), equal forward passes after copying jaxdiff's
 parameters into the port (:func:`load_jax_params`: HWIO -> OIHW conv kernels, transposed Linear
 kernels, GroupNorm scale, attention layout), the recipes' hyper-parameters, schedules and data
 equal to the experiments', and the DDPM step equal to :func:`jaxdiff.reverse.ddpm_step`.

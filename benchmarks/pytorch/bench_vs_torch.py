@@ -1,11 +1,11 @@
 """PyTorch vs jaxdiff on the three tutorial recipes, timed alternately in fresh processes.
 
-For each recipe the PyTorch port (``benchmarks/pytorch/torch_recipes.py``: eager, a Python training loop,
-a Python DDPM loop) and jaxdiff (the code path the experiments run: ``Trainer`` + ``fit``, and
-``jaxdiff.samplers.sample``) run one after the other, torch, jax, torch, jax, ..., each
-measurement in a fresh subprocess, so that the peak resident memory (``ru_maxrss``) is that
-run's own and no process inherits another's warm caches. No persistent XLA compilation cache is
-used. Each run reports:
+For each recipe the PyTorch port (``benchmarks/pytorch/torch_recipes.py``: eager, a Python
+training loop, a Python DDPM loop) and jaxdiff (the code path the experiments run: ``Trainer``
++ ``fit``, and ``jaxdiff.samplers.sample``) run one after the other, torch, jax, torch, jax,
+..., each measurement in a fresh subprocess, so that the peak resident memory (``ru_maxrss``)
+is that run's own and no process inherits another's warm caches. No persistent XLA compilation
+cache is used. Each run reports:
 
 - ``first call``: PyTorch's first training step (its lazy initialisation; with
   ``--torch-compile`` the compilation) and jaxdiff's first compiled call(s) of ``fit``
@@ -46,12 +46,13 @@ Full measurements (from the repository root, ``pip install -e ".[bench]"``, on a
 idle machine; on the project's 2-core CPU moons and digits take roughly 20-30 minutes each and
 mnist, with its two 1000-step sampling calls per run, well over an hour)::
 
-    python benchmarks/pytorch/bench_vs_torch.py --recipe moons --repeats 3 --json runs/vs_torch_moons.json
+    python benchmarks/pytorch/bench_vs_torch.py --recipe moons --repeats 3 \\
+        --json runs/vs_torch_moons.json
     python benchmarks/pytorch/bench_vs_torch.py --recipe digits --steps 40 --repeats 3 \\
         --json runs/vs_torch_digits.json
     python benchmarks/pytorch/bench_vs_torch.py --recipe mnist --steps 100 --repeats 3 \\
         --sample-steps 1000 --sample-batch 64 --json runs/vs_torch_mnist.json
-    python benchmarks/pytorch/bench_vs_torch.py --recipe all --repeats 3 --torch-compile   # compiled
+    python benchmarks/pytorch/bench_vs_torch.py --recipe all --repeats 3 --torch-compile  # compiled
 
 On a GPU (issue #4's pair: the GPU preset's ``unet_mnist``, batch 128, float32 -- TF32
 convolutions on both sides by default -- and bfloat16 mixed precision; the peak is the device's
@@ -69,7 +70,8 @@ the same model on both sides) and the model FLOPs utilisation.
 
 Quick smoke runs (minutes)::
 
-    python benchmarks/pytorch/bench_vs_torch.py --recipe mnist --steps 4 --repeats 1 --sample-steps 4
+    python benchmarks/pytorch/bench_vs_torch.py --recipe mnist --steps 4 --repeats 1 \\
+        --sample-steps 4
     python benchmarks/pytorch/bench_vs_torch.py --recipe moons --steps 50 --repeats 1
     python benchmarks/pytorch/bench_vs_torch.py --recipe digits --steps 4 --repeats 1
 
