@@ -208,7 +208,8 @@ def build_path_plan(
         if grid.start_alpha[0] != 0:
             raise
         raise ValueError(
-            f"{solver.name} steps in sigma / alpha, which is infinite at t_max = "
-            f"{grid.timesteps[0]} where alpha = 0 (pure noise); end the path just below, e.g. "
-            'RectifiedFlow(t_max=0.999), or use a flow solver ("flow-euler", "flow-heun")'
+            f"{solver.name}'s coefficients are infinite at t_max = {grid.timesteps[0]} where "
+            "alpha = 0 (pure noise, sigma / alpha = inf); end the path just below, e.g. "
+            'RectifiedFlow(t_max=0.999), or use "flow-euler", "flow-heun", "ddim", "dpm++" or '
+            '"unipc" there'
         ) from e
