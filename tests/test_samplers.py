@@ -514,7 +514,8 @@ def test_solver_options_belong_to_their_solver():
             guidance=3.0,
         )
     assert list(SOLVERS) == ["ddpm", "ddim", "dpm++", "dpm++3m", "dpm++2m-sde", "euler",
-                             "euler-a", "heun", "unipc"]  # fmt: skip
+                             "euler-a", "heun", "unipc", "edm", "flow-euler",
+                             "flow-heun"]  # fmt: skip
 
 
 # A new solver is one class (here in the test file) plus, to be named by a string, one line

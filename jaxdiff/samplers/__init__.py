@@ -3,10 +3,13 @@
 - :mod:`~jaxdiff.samplers.driver`: :func:`sample`, the entry point (``jaxdiff.sample``).
 - one solver per module, each with its paper's equations: :class:`DDPM`, :class:`DDIM`,
   :class:`DPMSolverPP2M`, :class:`DPMSolverPP3M`, :class:`DPMSolverPP2MSDE`, :class:`Euler`,
-  :class:`EulerAncestral`, :class:`Heun`, :class:`UniPC` (interface in
-  :mod:`~jaxdiff.samplers.base`);
+  :class:`EulerAncestral`, :class:`Heun`, :class:`UniPC`, :class:`EDMSampler` (EDM's
+  stochastic sampler), :class:`FlowEuler`, :class:`FlowHeun` (in the path's own time)
+  (interface in :mod:`~jaxdiff.samplers.base`);
 - :mod:`~jaxdiff.samplers.grids`: timestep spacings and Karras sigmas;
   :mod:`~jaxdiff.samplers.plan`: the run laid out in NumPy;
+  :mod:`~jaxdiff.samplers.path_plan`: grids on a continuous path (sampling from an objective,
+  :mod:`~jaxdiff.samplers.objective_run`);
 - :mod:`~jaxdiff.samplers.guidance` (classifier-free guidance, prediction types, clipping) and
   :mod:`~jaxdiff.samplers.repaint` (inpainting): wrappers that compose with every solver;
 - :mod:`~jaxdiff.samplers.options`: the option groups :class:`Guidance`, :class:`Inpaint` and
@@ -27,12 +30,15 @@ from jaxdiff.samplers.dpmpp_2m import DPMSolverPP2M, dpm_solver_pp_step
 from jaxdiff.samplers.dpmpp_2m_sde import DPMSolverPP2MSDE
 from jaxdiff.samplers.dpmpp_3m import DPMSolverPP3M
 from jaxdiff.samplers.driver import SampleResult, sample
+from jaxdiff.samplers.edm import EDMSampler
 from jaxdiff.samplers.euler import Euler
 from jaxdiff.samplers.euler_ancestral import EulerAncestral
+from jaxdiff.samplers.flow import FlowEuler, FlowHeun
 from jaxdiff.samplers.grids import SPACINGS, karras_sigmas, respaced_schedule, sampling_timesteps
 from jaxdiff.samplers.heun import Heun
 from jaxdiff.samplers.loop_options import LOOP_DEFAULTS, default_loop_options
 from jaxdiff.samplers.options import Guidance, Inpaint, Loop
+from jaxdiff.samplers.path_plan import build_path_plan, path_times
 from jaxdiff.samplers.plan import Plan, build_plan
 from jaxdiff.samplers.plan import step_sequence as _solver_step_sequence
 from jaxdiff.samplers.registry import SOLVERS, make_solver, solver_from_flags
@@ -50,8 +56,11 @@ __all__ = [
     "DPMSolverPP2M",
     "DPMSolverPP2MSDE",
     "DPMSolverPP3M",
+    "EDMSampler",
     "Euler",
     "EulerAncestral",
+    "FlowEuler",
+    "FlowHeun",
     "Guidance",
     "Heun",
     "Inpaint",
@@ -62,12 +71,14 @@ __all__ = [
     "SamplerName",
     "Solver",
     "UniPC",
+    "build_path_plan",
     "build_plan",
     "default_loop_options",
     "default_spacing",
     "dpm_solver_pp_step",
     "karras_sigmas",
     "make_solver",
+    "path_times",
     "respaced_schedule",
     "sample",
     "sampling_timesteps",
@@ -78,7 +89,18 @@ __all__ = [
 SAMPLERS = tuple(SOLVERS)
 # The sampler names as a type, for command-line choices (checked equal to SAMPLERS by a test).
 SamplerName = Literal[
-    "ddpm", "ddim", "dpm++", "dpm++3m", "dpm++2m-sde", "euler", "euler-a", "heun", "unipc"
+    "ddpm",
+    "ddim",
+    "dpm++",
+    "dpm++3m",
+    "dpm++2m-sde",
+    "euler",
+    "euler-a",
+    "heun",
+    "unipc",
+    "edm",
+    "flow-euler",
+    "flow-heun",
 ]
 DEFAULT_STEPS = {name: cls.default_steps for name, cls in SOLVERS.items()}  # None: the T
 

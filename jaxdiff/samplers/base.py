@@ -48,6 +48,13 @@ class Points(NamedTuple):
       lam_prev, sigma_prev: ``(L, 3)`` float64 at the start points of the previous
         three steps (column 0 the last one), NaN where the history does not reach.
       order_prev: ``(L,)`` int, the order of the previous step (0 when there is none).
+      t_s, t_t: ``(L,)`` float64 times of s and t on the path (plans of a ``Schedule``: the
+        integer timesteps, -1 for the clean sample).
+      dalpha_s, dsigma_s, dalpha_t, dsigma_t: ``(L,)`` float64 rates ``alpha'(t)``,
+        ``sigma'(t)`` at s and t (continuous paths only; NaN on a ``Schedule``'s integer grid,
+        where the solvers in the flow's own time are refused).
+      vp: True when every point has ``alpha^2 + sigma^2 = 1`` (every ``Schedule``): the
+        ancestral solvers then keep their formulas in ``abar``.
     """
 
     alpha_s: np.ndarray
@@ -62,6 +69,13 @@ class Points(NamedTuple):
     lam_prev: np.ndarray
     sigma_prev: np.ndarray
     order_prev: np.ndarray
+    t_s: np.ndarray | None = None
+    t_t: np.ndarray | None = None
+    dalpha_s: np.ndarray | None = None
+    dsigma_s: np.ndarray | None = None
+    dalpha_t: np.ndarray | None = None
+    dsigma_t: np.ndarray | None = None
+    vp: bool = True
 
 
 def check_int(value, name: str) -> int:
@@ -122,6 +136,8 @@ class Solver:
       default_spacing: the default grid (:data:`jaxdiff.samplers.grids.SPACINGS`).
       stochastic: whether :meth:`step` takes a standard normal draw ``z`` (a property where it
         depends on a field, as DDIM's ``eta``).
+      needs_rates: the solver steps in the path's own time with ``alpha'(t)`` and
+        ``sigma'(t)`` (the flow solvers): it needs a continuous path, not a ``Schedule``.
     """
 
     name: ClassVar[str]
@@ -133,6 +149,7 @@ class Solver:
     default_steps: ClassVar[int | None] = None
     default_spacing: ClassVar[str] = "trailing"
     stochastic: ClassVar[bool] = False
+    needs_rates: ClassVar[bool] = False
 
     prediction: str = dataclasses.field(default="eps", kw_only=True)
     clip_x0: float | None = dataclasses.field(default=None, kw_only=True)
@@ -163,6 +180,12 @@ class Solver:
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
         """Per-scan-step coefficients, each an ``(L,)`` float64 array (see subclasses)."""
         raise NotImplementedError
+
+    def churn(self, k: np.ndarray, steps: int) -> np.ndarray:
+        """EDM's ``gamma_i`` (Karras et al. 2022, Alg. 2, line 4) at the step starts' noise levels
+        ``k = sigma / alpha`` ``(N,)``: each step first raises ``k`` to ``k (1 + gamma_i)`` with
+        fresh noise. Zeros (no churn) unless a solver overrides it."""
+        return np.zeros_like(np.asarray(k, np.float64))
 
     def init(self, x: jax.Array) -> State:
         """The solver state before the first step: ``history`` zero arrays of ``x``'s shape.

@@ -15,7 +15,9 @@ __all__ = ["DDIM"]
 class DDIM(Solver):
     """``x_t = alpha_t x0 + sqrt(sigma_t^2 - std^2) eps + std z`` (DDIM eq. 12).
 
-    ``std = eta sqrt(sigma_t^2 / sigma_s^2) sqrt(1 - abar_s / abar_t)`` (eq. 16): ``eta = 0`` is
+    ``std = eta sqrt(sigma_t^2 / sigma_s^2) sqrt(1 - abar_s / abar_t)`` (eq. 16; on a path that
+    is not variance preserving, its general form ``eta sigma_t sqrt(1 - e^(-2h))``, ``h =
+    lambda_t - lambda_s``, the std of ``q(x_t | x_s, x0)``): ``eta = 0`` is
     deterministic, a first-order solver of the probability-flow ODE (the exponential
     integrator of DPM-Solver-1, Lu et al. 2022, sec. 4.1); ``eta = 1`` has DDPM's posterior
     variance.
@@ -44,8 +46,12 @@ class DDIM(Solver):
         return self.eta != 0.0
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
-        ratio = (p.alpha_s / p.alpha_t) ** 2  # abar_s / abar_t
-        std = self.eta * (p.sigma_t / p.sigma_s) * np.sqrt(-np.expm1(np.log(ratio)))
+        if p.vp:
+            ratio = (p.alpha_s / p.alpha_t) ** 2  # abar_s / abar_t
+            std = self.eta * (p.sigma_t / p.sigma_s) * np.sqrt(-np.expm1(np.log(ratio)))
+        else:  # the posterior std sigma_t sqrt(1 - e^(-2h)) of any Gaussian path (same on VP)
+            with np.errstate(over="ignore"):
+                std = self.eta * p.sigma_t * np.sqrt(-np.expm1(-2.0 * (p.lam_t - p.lam_s)))
         coefs = {
             "x0": p.alpha_t,
             "eps": np.sqrt(np.maximum(p.sigma_t**2 - std**2, 0.0)),

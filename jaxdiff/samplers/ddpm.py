@@ -19,7 +19,10 @@ class DDPM(Solver):
     On a grid that skips timesteps this is DDPM on the respaced schedule (Nichol & Dhariwal
     2021, sec. 4): ``beta = 1 - abar_s / abar_t`` (``abar_t = 1`` at the clean sample, where no
     noise is added), the posterior variance ``std^2 = beta sigma_t^2 / sigma_s^2`` (DDPM eq. 7,
-    ``variance="posterior"``) or ``std^2 = beta`` (``variance="beta"``, "fixed large").
+    ``variance="posterior"``) or ``std^2 = beta`` (``variance="beta"``, "fixed large"). On a
+    path that is not variance preserving (:mod:`jaxdiff.paths`), the transition ``x_s =
+    (alpha_s / alpha_t) x_t + sqrt(beta) n`` has ``beta = sigma_s^2 (1 - e^(-2h))`` (``h =
+    lambda_t - lambda_s``) and the step is scaled by ``alpha_t / alpha_s``: the same posterior.
 
     Args:
       variance: ``"posterior"`` or ``"beta"``.
@@ -38,9 +41,14 @@ class DDPM(Solver):
         check_choice(self.variance, "variance", VARIANCES)
 
     def coefficients(self, p: Points) -> dict[str, np.ndarray]:
-        log_ratio = 2 * (np.log(p.alpha_s) - np.log(p.alpha_t))  # log(abar_s / abar_t)
-        beta = -np.expm1(log_ratio)
-        scale = np.exp(-0.5 * log_ratio)  # 1 / sqrt(1 - beta)
+        if p.vp:
+            log_ratio = 2 * (np.log(p.alpha_s) - np.log(p.alpha_t))  # log(abar_s / abar_t)
+            beta = -np.expm1(log_ratio)
+            scale = np.exp(-0.5 * log_ratio)  # 1 / sqrt(1 - beta)
+        else:  # x_s = (alpha_s / alpha_t) x_t + sqrt(beta) n, beta = sigma_s^2 (1 - e^(-2h))
+            with np.errstate(over="ignore"):
+                beta = p.sigma_s**2 * -np.expm1(-2.0 * (p.lam_t - p.lam_s))
+            scale = p.alpha_t / p.alpha_s
         if self.variance == "posterior":
             var = beta * (p.sigma_t / p.sigma_s) ** 2
         else:

@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 
 from jaxdiff.samplers.base import Solver
 from jaxdiff.samplers.options import Guidance, Inpaint, Loop, validate
+from jaxdiff.samplers.path_plan import build_path_plan
 from jaxdiff.samplers.plan import build_plan
 from jaxdiff.samplers.scan import SampleResult, run_chunks
 from jaxdiff.schedules import Schedule, check_terminal_signal
@@ -77,6 +78,11 @@ def sample(
       the sigma form; Heun is second order.
     - :class:`UniPC` ``"unipc"`` [20, logsnr]: UniPC bh2 (Zhao et al. 2023),
       predictor-corrector of order 2+1.
+    - :class:`EDMSampler` ``"edm"`` [18, karras]: EDM's Algorithm 2 (Heun with churn ``s_churn``,
+      ``s_tmin``, ``s_tmax``, ``s_noise``; churn needs a continuous path).
+    - :class:`FlowEuler` ``"flow-euler"`` [50, linspace], :class:`FlowHeun` ``"flow-heun"``
+      [25, linspace]: Euler and Heun in the path's own time with SD3's ``shift`` (continuous
+      paths only).
 
     The DPM-Solver++ family and UniPC stop at t = 0 and, as in diffusers (their field
     ``lower_order_final=True``), lower their order at the last steps of short runs
@@ -89,14 +95,22 @@ def sample(
     Args:
       apply: pure model function ``apply(params, x, t, labels=None) -> prediction`` with ``x``
         ``(b, ...)``, ``t`` ``(b,)`` int32 and ``labels`` ``(b,)`` int32; called without labels
-        for unconditional sampling.
+        for unconditional sampling (with an objective, ``t`` is the objective's ``c``).
       params: the model's parameter pytree (a traced argument, never baked into the compile).
-      schedule: the noise schedule the model was trained with.
+      schedule: the noise schedule the model was trained with, or an objective: a hashable
+        object with ``.path`` (a :class:`jaxdiff.paths.GaussianPath`), ``.discrete`` (True: the
+        network is evaluated at integer t only; the path is then a ``DiscreteVP``) and
+        ``.denoise(net, x_t, t) -> (x0_hat, eps_hat)`` (``t`` ``(b,)`` float on the path), which
+        calls ``net(x_in, c) = apply(params, x_in, c[, labels])`` with the input and
+        conditioning it chooses. A continuous path is sampled on float64 times in ``[t_min,
+        t_max]`` (:mod:`jaxdiff.samplers.path_plan`), from ``x_T ~ N(0, alpha^2 + sigma^2)`` at
+        ``t_max``; the solver's ``prediction`` stays "eps" (the objective converts the output).
       shape: ``(B, H, W, C)`` or ``(B, D)``, the batch of samples to draw.
       key: PRNG key. Sample ``n`` uses ``fold_in(key, n)`` only (see the module docstring).
       solver: a :class:`~jaxdiff.samplers.base.Solver` object (``DDIM(eta=0.5)``), or a name
         of :data:`jaxdiff.samplers.SOLVERS` for that solver with its defaults (``"ddim"``).
-      steps: number of solver steps, 1..T; None: the solver's default (above).
+      steps: number of solver steps, 1..T (any N >= 1 on a continuous path); None: the
+        solver's default (above).
       guidance: a :class:`Guidance` (labels, ``num_classes``, classifier-free guidance
         scale) for a class-conditional model; None: unconditional.
       inpaint: an :class:`Inpaint` (mask, known image, RePaint resampling); the mask and
@@ -127,11 +141,17 @@ def sample(
         apply, schedule, shape, key, solver=solver, steps=steps, guidance=guidance,
         inpaint=inpaint, loop=loop, record=record, x_T=x_T, mesh=mesh,
     )  # fmt: skip
-    check_terminal_signal(schedule, stacklevel=3)
-    dtype = jnp.dtype(schedule.betas.dtype)
-    plan = build_plan(schedule, opts.solver, opts.steps, opts.solver.grid, record=opts.record,
-                      resample_jumps=opts.resample_jumps,
-                      jump_length=opts.jump_length)  # fmt: skip
+    objective = opts.objective
+    if objective is None:
+        check_terminal_signal(schedule, stacklevel=3)
+    dtype = opts.dtype
+    make, source = build_plan, schedule
+    if objective is not None and objective.discrete:
+        source = objective.path.schedule
+    elif objective is not None:
+        make, source = build_path_plan, objective.path
+    plan = make(source, opts.solver, opts.steps, opts.solver.grid, record=opts.record,
+                resample_jumps=opts.resample_jumps, jump_length=opts.jump_length)  # fmt: skip
     ops = {k: jnp.asarray(v, dtype if v.dtype == np.float64 else None) for k, v in plan.ops.items()}
     coefs = {k: jnp.asarray(v, dtype) for k, v in plan.coefficients.items()}
     return run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype)

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from jaxdiff.samplers.base import Solver, check_float, check_int
 from jaxdiff.samplers.loop_options import default_loop_options
+from jaxdiff.samplers.objective_run import check_objective, run_dtype, steps_bound
 from jaxdiff.samplers.registry import make_solver
 from jaxdiff.schedules import Schedule
 from jaxdiff.sharding import DATA_AXIS
@@ -276,7 +277,8 @@ class SamplerOptions:
     """One sampling run, resolved: what :func:`validate` returns besides the arrays.
 
     ``solver`` is the solver object, ``steps`` resolved (no None), ``spacing`` the solver's
-    grid; ``steps_per_call`` is None (one scan) or an int and ``unroll`` resolved; the rest
+    grid, ``objective`` the objective (None with a ``Schedule``), ``dtype`` the run's;
+    ``steps_per_call`` is None (one scan) or an int and ``unroll`` resolved; the rest
     as in :class:`Guidance`, :class:`Inpaint` and :class:`Loop`.
     """
 
@@ -292,6 +294,8 @@ class SamplerOptions:
     steps_per_call: int | None = None
     unroll: int | bool = 1
     mesh: Mesh | None = None
+    objective: Any = None
+    dtype: Any = None
 
 
 class SamplerArrays(NamedTuple):
@@ -310,16 +314,26 @@ def validate(apply, schedule, shape, key, *, solver, steps, guidance, inpaint, l
     / NumPy: nothing is traced before it passes) and return the options and arrays."""
     if not callable(apply):
         raise TypeError(f"apply must be a function apply(params, x, t, labels=None), got {apply!r}")
-    if not isinstance(schedule, Schedule):
-        raise TypeError(
-            f"schedule must be a jaxdiff Schedule (make_schedule(...)), got {type(schedule)}"
-        )
     solver = make_solver(solver)
-    T = schedule.num_steps
+    objective = None
+    if isinstance(schedule, Schedule):
+        T, dtype = schedule.num_steps, jnp.dtype(schedule.betas.dtype)
+        if solver.needs_rates:
+            raise ValueError(
+                f"{solver.name} steps in the path's own time and needs a continuous path: pass "
+                "an objective (with .path, .discrete, .denoise) instead of a Schedule"
+            )
+    else:
+        check_objective(schedule, solver)
+        objective, T, dtype = schedule, steps_bound(schedule), run_dtype(x_T)
     if steps is None:
         steps = solver.default_steps or T
+        if steps is None:
+            raise ValueError(f"{solver.name} has no default number of steps here: pass steps=N")
     steps = check_int(steps, "steps")
-    if not 1 <= steps <= T:
+    if T is None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got steps={steps}")
+    if T is not None and not 1 <= steps <= T:
         raise ValueError(
             f"steps must lie in [1, {T}] (the schedule has T={T} steps), got steps={steps}"
         )
@@ -350,7 +364,6 @@ def validate(apply, schedule, shape, key, *, solver, steps, guidance, inpaint, l
             )
     record = _check_record(record, steps)
     steps_per_call, unroll = loop.resolve()
-    dtype = jnp.dtype(schedule.betas.dtype)
     if x_T is not None:
         if np.shape(x_T) != shape:
             raise ValueError(f"x_T must have shape {shape}, got {np.shape(x_T)}")
@@ -364,6 +377,8 @@ def validate(apply, schedule, shape, key, *, solver, steps, guidance, inpaint, l
         raise TypeError(f"key must be a PRNG key (jax.random.key(seed)), got {key!r}") from e
     _check_mesh(mesh)
     options = SamplerOptions(
+        objective=objective,
+        dtype=dtype,
         solver=solver,
         steps=steps,
         shape=shape,

@@ -19,7 +19,7 @@ from jaxdiff.samplers.grids import alpha_sigma, sampling_timesteps
 from jaxdiff.samplers.repaint import visit_order
 from jaxdiff.schedules import Schedule
 
-__all__ = ["Plan", "build_plan", "step_sequence"]
+__all__ = ["Grid", "Plan", "build_plan", "layout", "schedule_grid", "step_sequence"]
 
 _HISTORY = 3  # start points of previous steps kept in Points (UniPC's corrector needs 2)
 
@@ -58,6 +58,7 @@ class Plan:
         target, for inpainting), ``jump``, ``jump_scale``, ``jump_std`` (RePaint jumps),
         ``slot`` (trajectory index written after the scan step, -1 for none).
       coefficients: ``(L,)`` float64 arrays of the solver.
+      prior_std: the std of the starting noise x_T (None: 1, a ``Schedule``'s).
     """
 
     timesteps: np.ndarray
@@ -65,9 +66,61 @@ class Plan:
     points: Points
     ops: dict[str, np.ndarray]
     coefficients: dict[str, np.ndarray]
+    prior_std: float | None = None
 
     def __len__(self) -> int:
         return len(self.ops["t_eval"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The N solver steps of a run in float64 NumPy, whatever made them (a ``Schedule``'s
+    integer timesteps or a path's continuous times).
+
+    Attributes:
+      timesteps, targets: ``(N,)`` the step sequence as :func:`jaxdiff.samplers.sample` reports
+        it (ints for a schedule, -1 = clean; float times for a path).
+      t_s, alpha_s, sigma_s: ``(N,)`` where each step starts (after EDM's churn, if any).
+      start_alpha, start_sigma: ``(N,)`` the grid point the step starts at before any churn
+        (RePaint's jumps re-noise to it).
+      t_t, alpha_t, sigma_t, clean: ``(N,)`` each step's target; ``clean`` where it is x0.
+      rates: ``(dalpha_s, dsigma_s, dalpha_t, dsigma_t)``, each ``(N,)``, or None (no rates).
+      vp: every point has ``alpha^2 + sigma^2 = 1``.
+      churn_scale, churn_std: ``(N,)`` or None: before stage 0 of step i, ``x <- churn_scale[i]
+        x + churn_std[i] z`` (Karras et al. 2022, Alg. 2, lines 4-6).
+      prior_std: the std of the starting noise (None: 1).
+    """
+
+    timesteps: np.ndarray
+    targets: np.ndarray
+    t_s: np.ndarray
+    alpha_s: np.ndarray
+    sigma_s: np.ndarray
+    start_alpha: np.ndarray
+    start_sigma: np.ndarray
+    t_t: np.ndarray
+    alpha_t: np.ndarray
+    sigma_t: np.ndarray
+    clean: np.ndarray
+    rates: tuple[np.ndarray, ...] | None = None
+    vp: bool = True
+    churn_scale: np.ndarray | None = None
+    churn_std: np.ndarray | None = None
+    prior_std: float | None = None
+
+
+def schedule_grid(schedule: Schedule, solver: Solver, steps: int, spacing: str) -> Grid:
+    """The :class:`Grid` of a ``Schedule``: integer timesteps (:func:`step_sequence`)."""
+    ts, t_next = step_sequence(schedule, solver, steps, spacing)
+    a_s, s_s = alpha_sigma(schedule, ts)
+    a_t, s_t = alpha_sigma(schedule, t_next)
+    if np.any(solver.churn(s_s / a_s, steps) > 0):
+        raise ValueError(
+            f"{solver.name}'s churn needs a continuous path (a Schedule has no timestep at the "
+            "churned noise level): pass an objective, or s_churn=0"
+        )
+    return Grid(ts, t_next, ts.astype(np.float64), a_s, s_s, a_s, s_s,
+                t_next.astype(np.float64), a_t, s_t, t_next < 0)  # fmt: skip
 
 
 def build_plan(
@@ -85,15 +138,29 @@ def build_plan(
 
     ``lower_order_final``: None takes the solver's field (True for solvers without one).
     """
+    grid = schedule_grid(schedule, solver, steps, spacing)
+    return layout(grid, solver, record=record, resample_jumps=resample_jumps,
+                  jump_length=jump_length, lower_order_final=lower_order_final)  # fmt: skip
+
+
+def layout(
+    grid: Grid,
+    solver: Solver,
+    *,
+    record: tuple[int, ...] = (),
+    resample_jumps: int = 0,
+    jump_length: int = 1,
+    lower_order_final: bool | None = None,
+) -> Plan:
+    """The :class:`Plan` of ``grid``: one row per network evaluation (see :func:`build_plan`)."""
     if lower_order_final is None:
         lower_order_final = getattr(solver, "lower_order_final", True)
-    ts, t_next = step_sequence(schedule, solver, steps, spacing)
+    ts, t_next = grid.timesteps, grid.targets
     N = len(ts)
-    a_s, s_s = alpha_sigma(schedule, ts)
-    a_t, s_t = alpha_sigma(schedule, t_next)
+    a_s, s_s, a_t, s_t = grid.alpha_s, grid.sigma_s, grid.alpha_t, grid.sigma_t
     with np.errstate(divide="ignore"):
         lam_s, lam_t = np.log(a_s / s_s), np.log(a_t / s_t)  # lam_t = inf at the clean sample
-    clean = t_next < 0
+    clean = grid.clean
     visits, jump_from = visit_order(N, resample_jumps, jump_length)
 
     rows: list[dict] = []
@@ -126,6 +193,7 @@ def build_plan(
     def at_prev(values):
         return np.where(prev >= 0, values[np.maximum(prev, 0)], np.nan)
 
+    rates = grid.rates or (np.full(N, np.nan),) * 4
     points = Points(
         alpha_s=a_s[step], sigma_s=s_s[step], lam_s=lam_s[step],
         alpha_t=a_t[step], sigma_t=s_t[step], lam_t=lam_t[step],
@@ -133,6 +201,9 @@ def build_plan(
         order=np.array([r["order"] for r in rows], np.int64),
         lam_prev=at_prev(lam_s), sigma_prev=at_prev(s_s),
         order_prev=np.array([r["prev_order"] for r in rows], np.int64),
+        t_s=grid.t_s[step], t_t=grid.t_t[step],
+        dalpha_s=rates[0][step], dsigma_s=rates[1][step],
+        dalpha_t=rates[2][step], dsigma_t=rates[3][step], vp=grid.vp,
     )  # fmt: skip
     coefficients = solver.coefficients(points)
     bad = [k for k, v in coefficients.items() if not np.all(np.isfinite(v))]
@@ -140,12 +211,27 @@ def build_plan(
         raise FloatingPointError(f"{solver.name}: non-finite coefficients {bad} on this grid")
 
     # stage 0 evaluates the network at the step's start, later stages at its target
-    t_eval = np.where(stage == 0, ts[step], t_next[step])
-    a_e, s_e = alpha_sigma(schedule, t_eval)
-    jump_t = np.where(jump >= 0, t_next[np.maximum(jump, 0)], 0)
-    # q(x_t | x_t') of DDPM eq. 2 iterated: scale sqrt(abar_t / abar_t'), std sqrt(1 - that^2)
-    jump_scale = np.where(jump >= 0, a_s[step] / alpha_sigma(schedule, jump_t)[0], 1.0)
-    jump_std = np.sqrt(-np.expm1(2 * np.log(jump_scale)))
+    first = stage == 0
+    t_eval = np.where(first, grid.t_s[step], grid.t_t[step])
+    if np.issubdtype(ts.dtype, np.integer):
+        t_eval = np.where(first, ts[step], t_next[step])
+    a_e = np.where(first, a_s[step], a_t[step])
+    s_e = np.where(first, s_s[step], s_t[step])
+    jf = np.maximum(jump, 0)
+    # q(x_t | x_t') of DDPM eq. 2 iterated: scale sqrt(abar_t / abar_t') = alpha_t / alpha_t'
+    jump_scale = np.where(jump >= 0, grid.start_alpha[step] / a_t[jf], 1.0)
+    if grid.vp:  # std sqrt(1 - that^2)
+        jump_std = np.sqrt(-np.expm1(2 * np.log(jump_scale)))
+    else:  # std^2 = sigma_t^2 - scale^2 sigma_t'^2, the same on a variance-preserving path
+        var = grid.start_sigma[step] ** 2 - (jump_scale * s_t[jf]) ** 2
+        jump_std = np.sqrt(np.where(jump >= 0, np.maximum(var, 0.0), 0.0))
+    jumping = jump >= 0
+    if grid.churn_scale is not None:  # then EDM's churn: two affine maps with independent noise
+        c_scale = np.where(first, grid.churn_scale[step], 1.0)
+        c_std = np.where(first, grid.churn_std[step], 0.0)
+        jump_std = np.sqrt((c_scale * jump_std) ** 2 + c_std**2)
+        jump_scale = c_scale * jump_scale
+        jumping = jumping | (first & (grid.churn_std[step] > 0))
     slot = np.full(len(rows), -1, np.int64)
     for j, r in enumerate(record):
         slot[np.flatnonzero((step == r) & last_stage)[-1]] = j  # the last visit of step r
@@ -153,6 +239,6 @@ def build_plan(
         t_eval=t_eval, alpha_eval=a_e, sigma_eval=s_e,
         alpha_next=a_t[step], sigma_next=s_t[step],
         paste=last_stage & ((step == N - 1) | clean[step]),
-        jump=jump >= 0, jump_scale=jump_scale, jump_std=jump_std, slot=slot,
+        jump=jumping, jump_scale=jump_scale, jump_std=jump_std, slot=slot,
     )  # fmt: skip
-    return Plan(ts, t_next, points, ops, coefficients)
+    return Plan(ts, t_next, points, ops, coefficients, grid.prior_std)

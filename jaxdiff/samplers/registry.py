@@ -15,8 +15,10 @@ from jaxdiff.samplers.ddpm import DDPM
 from jaxdiff.samplers.dpmpp_2m import DPMSolverPP2M
 from jaxdiff.samplers.dpmpp_2m_sde import DPMSolverPP2MSDE
 from jaxdiff.samplers.dpmpp_3m import DPMSolverPP3M
+from jaxdiff.samplers.edm import EDMSampler
 from jaxdiff.samplers.euler import Euler
 from jaxdiff.samplers.euler_ancestral import EulerAncestral
+from jaxdiff.samplers.flow import FlowEuler, FlowHeun
 from jaxdiff.samplers.heun import Heun
 from jaxdiff.samplers.unipc import UniPC
 
@@ -32,6 +34,9 @@ SOLVERS: dict[str, type[Solver]] = {
     "euler-a": EulerAncestral,
     "heun": Heun,
     "unipc": UniPC,
+    "edm": EDMSampler,
+    "flow-euler": FlowEuler,
+    "flow-heun": FlowHeun,
 }
 
 

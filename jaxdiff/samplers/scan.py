@@ -26,6 +26,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jaxdiff.samplers.base import Solver
 from jaxdiff.samplers.guidance import check_output, classifier_free_guidance, to_eps_and_x0
+from jaxdiff.samplers.objective_run import objective_denoise
 from jaxdiff.samplers.repaint import renoise, replace_known
 from jaxdiff.sharding import DATA_AXIS, batch_sharding, place, replicated_sharding
 from jaxdiff.xla_options import jit as xla_jit
@@ -64,6 +65,7 @@ class _Config:
     jumps: bool
     num_records: int
     unroll: int | bool
+    objective: Any = None
 
 
 class _Carry(NamedTuple):
@@ -107,11 +109,13 @@ def _normals(keys, count: int, shape, dtype) -> list[jax.Array]:
     return [z[:, i] for i in range(count)]
 
 
-def _init_carry_body(static, keys, x_T, alpha0, sigma0, mask, known) -> _Carry:
+def _init_carry_body(static, keys, x_T, alpha0, sigma0, mask, known, x_std=None) -> _Carry:
     chunk_shape, dtype, inpaint, state_size, num_records = static
     draws = _normals(keys, int(x_T is None) + int(inpaint), chunk_shape[1:], dtype)
     if x_T is None:
         x_T = draws.pop(0)
+        if x_std is not None:  # a path's prior std (Plan.prior_std)
+            x_T = x_std * x_T
     x = x_T.astype(dtype)
     if inpaint:
         # RePaint: the known region is q(x_t | known) at every step, including the first.
@@ -127,6 +131,14 @@ _init_carry = jax.jit(_init_carry_body, static_argnums=0)
 
 def _denoise(cfg: _Config, params, x, op, labels, w):
     """The network at ``(x, op["t_eval"])`` -> ``(eps, x0)``, guided and clipped as asked."""
+    if cfg.objective is not None:
+        eps, x0 = objective_denoise(cfg.objective, cfg.apply, params, x, op["t_eval"], labels, w,
+                                    guided=cfg.guided, conditional=cfg.conditional,
+                                    num_classes=cfg.num_classes)  # fmt: skip
+        if cfg.clip_x0 is not None:  # as to_eps_and_x0: clip x0, eps recomputed from it
+            x0 = jnp.clip(x0, -cfg.clip_x0, cfg.clip_x0)
+            eps = (x - op["alpha_eval"] * x0) / op["sigma_eval"]
+        return eps, x0
     tb = jnp.full((x.shape[0],), op["t_eval"], jnp.int32)
     if cfg.guided:
         out = classifier_free_guidance(cfg.apply, cfg.num_classes)(params, x, tb, labels, w)
@@ -187,11 +199,11 @@ class _PerDevice:
 
         return self._map(local, (_REP, _REP), _ROWS_EX)(key, offset)
 
-    def init_carry(self, static, keys, x_T, alpha0, sigma0, mask, known) -> _Carry:
+    def init_carry(self, static, keys, x_T, alpha0, sigma0, mask, known, x_std=None) -> _Carry:
         local_static = (self._local(static[0]), *static[1:])
         fun = functools.partial(_init_carry_body, local_static)
-        specs = (_EX, _EX, _REP, _REP, _EX, _EX)
-        return self._map(fun, specs, _CARRY)(keys, x_T, alpha0, sigma0, mask, known)
+        specs = (_EX, _EX, _REP, _REP, _EX, _EX, _REP)
+        return self._map(fun, specs, _CARRY)(keys, x_T, alpha0, sigma0, mask, known, x_std)
 
     def run_ops(self, cfg: _Config, params, ops, coefs, carry, keys, labels, mask, known, w):
         local_cfg = dataclasses.replace(cfg, chunk_shape=self._local(cfg.chunk_shape))
@@ -276,9 +288,10 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
         conditional=opts.num_classes is not None,
         num_classes=opts.num_classes,
         inpaint=mask is not None,
-        jumps=opts.resample_jumps > 0,
+        jumps=opts.resample_jumps > 0 or bool(np.any(plan.ops["jump"])),  # or EDM's churn
         num_records=len(opts.record),
         unroll=opts.unroll,
+        objective=opts.objective,
     )
     if cfg.conditional and labels is None:
         labels = jnp.full((padded,), opts.num_classes, jnp.int32)
@@ -286,7 +299,7 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
     L = len(plan)
     seg = L if opts.steps_per_call is None else opts.steps_per_call
     bounds = [(s, min(s + seg, L)) for s in range(0, L, seg)]
-    noisy = solver.stochastic or cfg.inpaint
+    noisy = solver.stochastic or cfg.inpaint or cfg.jumps
     needs_keys = x_T is None or noisy
     segments = [
         ({k: v[s:e] for k, v in ops.items()}, {k: v[s:e] for k, v in coefs.items()})
@@ -295,13 +308,16 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
     state_size = len(jax.eval_shape(solver.init, jax.ShapeDtypeStruct(cfg.chunk_shape, dtype)))
     static = (cfg.chunk_shape, dtype, cfg.inpaint, state_size, cfg.num_records)
     alpha0, sigma0 = ops["alpha_eval"][0], ops["sigma_eval"][0]
+    x_std = None if plan.prior_std is None else jnp.asarray(plan.prior_std, dtype)
     key = arrays.key
     step_keys, init_carry = _step_keys, _init_carry
     if mesh is not None:
         # Whole values in every process -> global arrays on the mesh: the batch-shaped ones split
         # over "data", the rest replicated (keys travel as their raw uint32 data).
         rep = replicated_sharding(mesh)
-        params, segments, w, alpha0, sigma0 = place((params, segments, w, alpha0, sigma0), rep)
+        params, segments, w, alpha0, sigma0, x_std = place(
+            (params, segments, w, alpha0, sigma0, x_std), rep
+        )
         key = jax.random.wrap_key_data(place(jax.random.key_data(key), rep))
         step_keys, init_carry = _per_device_fns(mesh)
 
@@ -318,8 +334,11 @@ def run_chunks(apply, opts, arrays, params, plan, ops, coefs, dtype) -> SampleRe
             rows = 1 << L.bit_length() if noisy else 1  # 1: x_T only
             keys = step_keys(key, np.int32(c * b), b, rows)
         c_labels, c_mask, c_known = part(labels, c), part(mask, c), part(known, c)
-        carry = init_carry(static, None if keys is None else keys[0], part(x_T, c), alpha0,
-                            sigma0, c_mask, c_known)  # fmt: skip
+        init_args = (static, None if keys is None else keys[0], part(x_T, c), alpha0, sigma0,
+                     c_mask, c_known)  # fmt: skip
+        if plan.prior_std is not None and plan.prior_std != 1.0:
+            init_args = (*init_args, x_std)
+        carry = init_carry(*init_args)
         for (s, e), (seg_ops, seg_coefs) in zip(bounds, segments, strict=True):
             carry = _run_ops(
                 cfg,
