@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments._cli import parse_config, run_main
+from experiments._cli import build_parser, parse_config, run_main
 from experiments.distill import PROG, DistillConfig, main
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import TrainingInterrupted, fit
@@ -179,3 +179,10 @@ def test_bad_teachers_and_step_counts_are_one_line_errors(tmp_path, capsys):
     assert "--student-steps 3 is not a power of two" in _bad(
         tmp_path, capsys, "--teacher", str(short), "--student-steps", "3"
     )
+
+
+def test_help_shows_a_real_default_for_every_flag():
+    text = build_parser(DistillConfig, prog=PROG).format_help()
+    assert "(default: None)" not in text
+    for name in ("--teacher", "--method", "--teacher-steps", "--num-times", "--resume"):
+        assert name in text
