@@ -65,12 +65,25 @@ def straight(teacher, tmp_path_factory) -> tuple[Path, dict]:
     return out, metrics
 
 
+def _restored(out: Path, name: str) -> dict:
+    """The final (step 3) state of a round, as orbax reads it without a target (dicts)."""
+    return ocp.StandardCheckpointer().restore(out / "checkpoints" / name / "3" / "state")
+
+
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+def _assert_same(a, b) -> None:
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def _final_state(out: Path, name: str) -> list[np.ndarray]:
-    restored = ocp.StandardCheckpointer().restore(out / "checkpoints" / name / "3" / "state")
-    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(restored)]
+    return _leaves(_restored(out, name))
 
 
-def test_progressive_run_writes_the_run_folder(straight):
+def test_progressive_run_writes_the_run_folder(straight, teacher):
     out, metrics = straight
     for name in (
         "config.json", "metrics.json", "report.md", "samples.png", "samples_teacher.npy",
@@ -86,6 +99,14 @@ def test_progressive_run_writes_the_run_folder(straight):
     for name in ("round_002", "round_001"):
         assert sorted(p.name for p in (out / "checkpoints" / name).iterdir()) == ["2", "3"]
     assert json.loads((out / "config.json").read_text())["experiment"] == "experiments.distill"
+    # The teacher sub-tree is frozen to the bit: round 1 keeps the teacher run's EMA parameters,
+    # round 2 the EMA student of round 1.
+    first, second = (_restored(out, name) for name in ("round_002", "round_001"))
+    teacher_ckpt = ocp.StandardCheckpointer().restore(teacher / "checkpoints" / "1" / "state")
+    _assert_same(first["params"]["teacher"], teacher_ckpt["ema_params"])
+    _assert_same(second["params"]["teacher"], first["ema_params"]["student"])
+    student, frozen = (_leaves(first["params"][k]) for k in ("student", "teacher"))
+    assert not all(np.array_equal(a, b) for a, b in zip(student, frozen, strict=True))
     assert "samples.png" in (out / "report.md").read_text()
 
 
