@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,7 @@ __all__ = [
     "TIME_SAMPLINGS",
     "Flow",
     "Objective",
+    "ObjectiveName",
     "make_objective",
     "train_loss",
 ]
@@ -58,6 +60,8 @@ __all__ = [
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 #: The names of :func:`make_objective` (the experiments' ``--objective`` choices).
 OBJECTIVES = ("ddpm", "edm", "flow", "flow-lognormal")
+#: :data:`OBJECTIVES` as a type, for command-line choices (a test checks that they agree).
+ObjectiveName = Literal["ddpm", "edm", "flow", "flow-lognormal"]
 
 Net = Callable[[jax.Array, jax.Array], jax.Array]
 Aux = dict[str, jax.Array]

@@ -5,16 +5,21 @@ gives the exact posterior means on every objective; and a few Trainer steps lowe
 
 from __future__ import annotations
 
+import json
+import typing
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from jaxdiff import data as jdata
 from jaxdiff import objectives, paths
 from jaxdiff.losses import denoising_loss
 from jaxdiff.models import SinusoidalMLP, split_model
 from jaxdiff.objectives import DDPM, EDM, Flow, make_objective, train_loss
+from jaxdiff.outputs import read_metrics
 from jaxdiff.parameterization import to_eps_and_x0
 from jaxdiff.schedules import make_schedule
 from jaxdiff.train import TrainConfig, Trainer
@@ -281,6 +286,7 @@ def test_training_lowers_each_loss(name, toy_model):
 
 
 def test_constructors_validate():
+    assert typing.get_args(objectives.ObjectiveName) == objectives.OBJECTIVES
     with pytest.raises(ValueError, match="prediction"):
         DDPM(SCHEDULE, "velocity")
     with pytest.raises(ValueError, match="weighting"):
@@ -297,3 +303,44 @@ def test_constructors_validate():
         make_objective("score")
     with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(B,\)"):
         Flow().denoise(lambda x, c: x, jnp.zeros((3, 2)), jnp.zeros(4))
+
+
+TOY2D_TINY = [
+    "--num-points", "256", "--batch-size", "32", "--train-steps", "10", "--hidden", "16",
+    "--steps-per-call", "10", "--checkpoint-every", "10", "--no-progress",
+]  # fmt: skip
+
+
+def test_toy2d_objective_flag_end_to_end(tmp_path):
+    """``--objective edm --num-samples 0`` trains (config.json records the objective and the
+    measured sigma_data), resumes with the same flags, and refuses another objective, also for a
+    run whose config.json predates the flag (it was trained with ddpm)."""
+    from experiments import toy2d
+    from experiments._cli import parse_config
+
+    def run(*flags):
+        return toy2d.main(parse_config(toy2d.Toy2dConfig, [*TOY2D_TINY, *flags]))
+
+    out = tmp_path / "edm"
+    flags = ["--objective", "edm", "--num-samples", "0", "--out", str(out)]
+    metrics = run(*flags)
+    config = json.loads((out / "config.json").read_text())
+    std = np.std(jdata.make_points("moons", 256, seed=0), dtype=np.float64)
+    assert config["objective"] == "edm" and config["sigma_data"] == round(float(std), 4)
+    assert parse_config(toy2d.Toy2dConfig, []).objective == "ddpm"  # the default stays ddpm
+    assert metrics["objective"] == "edm" and np.isfinite(metrics["final_loss_mean_last_epoch"])
+    assert not (out / "samples.npy").exists() and (out / "report.md").is_file()
+    run(*flags, "--resume", "--train-steps", "20")
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 21))
+
+    with pytest.raises(ValueError, match="objective: 'edm' -> 'flow'"):
+        run("--objective", "flow", "--num-samples", "0", "--out", str(out), "--resume")
+    for key in ("objective", "sigma_data"):  # a run written before the flag: trained with ddpm
+        del config[key]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="objective: 'ddpm' -> 'edm'"):
+        run(*flags, "--resume")
+    with pytest.raises(ValueError, match="--objective flow cannot be sampled yet"):
+        toy2d.Toy2dConfig(objective="flow")
+    with pytest.raises(ValueError, match="--sigma-data applies to --objective edm only"):
+        toy2d.Toy2dConfig(sigma_data=0.5)

@@ -23,6 +23,11 @@ NOT_TRAINING = ("evaluation", "terminal", "schedule")
 def write_report(out: Path, config: Toy2dConfig, metrics: dict) -> None:
     """Write ``out / "report.md"`` from the config and the final metrics (metrics.json)."""
     dim = jdata.POINT_DATASETS[config.dataset][0]
+    if config.num_samples == 0:  # trained only: no samples, no reverse process
+        title = f"Toy point clouds: {config.dataset}, objective {config.objective} (trained only)"
+        sections = [command_section(PROG), training_section(metrics, NOT_TRAINING)]
+        outputs.write_report(out / "report.md", title, sections)
+        return
     sections = [
         command_section(PROG),
         (
