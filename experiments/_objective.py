@@ -26,6 +26,7 @@ __all__ = [
     "SIGMA_DATA_DEFAULT",
     "SIGMA_DATA_HELP",
     "check_objective_flags",
+    "data_std",
     "make_run_objective",
     "resolve_sigma_data",
 ]
@@ -67,7 +68,20 @@ def resolve_sigma_data(config: Any, x: np.ndarray) -> Any:
     (4 decimals) when ``--objective edm`` left it out; unchanged otherwise."""
     if config.objective != "edm" or config.sigma_data is not None:
         return config
-    return dataclasses.replace(config, sigma_data=round(float(np.std(x, dtype=np.float64)), 4))
+    return dataclasses.replace(config, sigma_data=round(data_std(x), 4))
+
+
+def data_std(x: np.ndarray, chunk: int = 4096) -> float:
+    """The standard deviation of every value of ``x`` ``(N, ...)``, accumulated in float64 over
+    chunks of ``chunk`` examples (no float64 copy of a whole data set)."""
+    x = np.asarray(x)
+    n, s1, s2 = x.size, 0.0, 0.0
+    for i in range(0, len(x), chunk):
+        part = x[i : i + chunk].astype(np.float64)
+        s1 += float(part.sum())
+        s2 += float(np.square(part).sum())
+    mean = s1 / n
+    return math.sqrt(max(s2 / n - mean * mean, 0.0))
 
 
 def make_run_objective(config: Any, schedule: Schedule, train: TrainConfig) -> Objective:

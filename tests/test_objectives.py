@@ -344,3 +344,26 @@ def test_toy2d_objective_flag_end_to_end(tmp_path):
         toy2d.Toy2dConfig(objective="flow")
     with pytest.raises(ValueError, match="--sigma-data applies to --objective edm only"):
         toy2d.Toy2dConfig(sigma_data=0.5)
+
+
+def test_mnist_and_digits_objective_flags():
+    """The flags' checks and defaults in the other two experiments (their runs share the
+    toy2d code path above: experiments/_objective.py)."""
+    from experiments._objective import data_std
+    from experiments.digits.config import DigitsConfig
+    from experiments.mnist.config import MnistConfig, resolve
+
+    for cls in (MnistConfig, DigitsConfig):
+        assert cls().objective == "ddpm"
+        with pytest.raises(ValueError, match="--objective edm cannot be sampled yet"):
+            cls(objective="edm")
+        with pytest.raises(ValueError, match="--sigma-data applies to --objective edm only"):
+            cls(objective="flow", num_samples=0, sigma_data=0.5)
+    x = np.random.default_rng(1).standard_normal((1000, 4, 4, 1)).astype(np.float32) * 0.6 - 0.7
+    assert data_std(x, chunk=300) == pytest.approx(np.std(x, dtype=np.float64), rel=1e-12)
+    config, _ = resolve(MnistConfig(objective="flow", num_samples=0), backend="cpu")
+    assert config.sample_every == 0  # no progress grids without samples
+    with pytest.raises(ValueError, match="--sample-every draws progress grids"):
+        MnistConfig(objective="flow", num_samples=0, sample_every=100)
+    with pytest.raises(ValueError, match="--prediction applies to --objective ddpm only"):
+        MnistConfig(objective="edm", num_samples=0, prediction="v")

@@ -8,7 +8,15 @@ import time
 import jax
 import numpy as np
 
-from experiments._common import check_batch_divisible, log, open_run_dir, restore_latest, train
+from experiments._common import (
+    check_batch_divisible,
+    log,
+    loss_figure,
+    open_run_dir,
+    restore_latest,
+    train,
+)
+from experiments._objective import ABSENT, make_run_objective, resolve_sigma_data
 from experiments.digits import report
 from experiments.digits.config import (
     CPU_STEPS_PER_SECOND,
@@ -21,6 +29,7 @@ from jaxdiff import data as jdata
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import steps_per_second
 from jaxdiff.models import count_params
+from jaxdiff.objectives import train_loss
 from jaxdiff.outputs import read_metrics, write_json
 from jaxdiff.runs import SPEC_KEY
 from jaxdiff.sharding import is_main_process
@@ -31,17 +40,19 @@ def main(config: DigitsConfig) -> dict:
     """Run the experiment; return the final metrics dict (also written to metrics.json)."""
     t_start = time.perf_counter()
     images, _labels = jdata.load_digits(scale="unit")  # (1797, 8, 8, 1) in [0, 1]
-    config = resolve(config, len(images))
+    config = resolve_sigma_data(resolve(config, len(images)), images)
     spe = jdata.steps_per_epoch(len(images), config.batch_size)
     spec = model_spec(config)
     cfg_dict = {**dataclasses.asdict(config), SPEC_KEY: spec.to_json()}
     out = open_run_dir(
-        config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate", "grad_clip")
-    )
+        config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate", "grad_clip"),
+        absent=ABSENT,
+    )  # fmt: skip
 
     apply, params, schedule = spec.build()
     n_params = count_params(params)
-    trainer = Trainer(apply, schedule, spec.train)
+    objective = make_run_objective(config, schedule, spec.train)
+    trainer = Trainer(apply, schedule, spec.train, loss=train_loss(objective, apply))
     check_batch_divisible(config.batch_size, trainer)
     key = jax.random.key(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
@@ -52,8 +63,8 @@ def main(config: DigitsConfig) -> dict:
     log(
         f"jaxdiff digits: {config.model} U-Net with {n_params:,} parameters on "
         f"{jax.default_backend()} ({trainer.num_devices} device(s)); {config.train_steps} steps "
-        f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size})"
-        f"{estimate}; out: {out}"
+        f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size}); "
+        f"objective {config.objective}{estimate}; out: {out}"
     )
 
     ckpt = Checkpointer(
@@ -63,7 +74,7 @@ def main(config: DigitsConfig) -> dict:
     )
     with ckpt:
         state, restored = restore_latest(ckpt, state, config.resume)
-        if is_main_process():
+        if is_main_process() and config.objective == "ddpm":  # the schedule's forward process
             report.forward_figures(out, schedule, images, key)
         data = trainer.put_data({"x": images})
         state, records, train_seconds = train(
@@ -71,6 +82,8 @@ def main(config: DigitsConfig) -> dict:
             restored=restored,
         )  # fmt: skip
     del data
+    if config.num_samples == 0:
+        return _train_only(out, config, n_params, spe, records, train_seconds, t_start)
 
     # Samples from the EMA weights, split over every device; the main process writes.
     final = report.final_samples(config, apply, eval_params(state), schedule, key, trainer.mesh)
@@ -103,4 +116,28 @@ def main(config: DigitsConfig) -> dict:
     write_json(out / "metrics.json", metrics)
     report.write_run_report(out, config, metrics)
     log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
+    return metrics
+
+
+def _train_only(out, config: DigitsConfig, n_params, spe, records, train_seconds, t_start) -> dict:
+    """The metrics, loss curve and report of a run without samples (``--num-samples 0``)."""
+    metrics: dict = {
+        "model": config.model,
+        "objective": config.objective,
+        "parameters": n_params,
+        "train_steps": config.train_steps,
+        "epochs": round(config.train_steps / spe, 3),
+        "batch_size": config.batch_size,
+        "train_seconds_this_run": round(train_seconds, 1),
+        "steps_per_second": steps_per_second(records),
+    }
+    if not is_main_process():
+        return metrics
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    metrics["final_loss_mean_last_epoch"] = float(np.mean(losses[-spe:]))
+    loss_figure(out, max_window=50, epoch_size=spe)
+    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+    write_json(out / "metrics.json", metrics)
+    report.write_run_report(out, config, metrics)
+    log(f"done (trained only) in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out}")
     return metrics

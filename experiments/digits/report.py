@@ -94,7 +94,13 @@ def evaluate(config: DigitsConfig, samples: np.ndarray) -> dict | None:
 
 
 def write_run_report(out: Path, config: DigitsConfig, metrics: dict) -> None:
-    """``out/report.md``: the command, samples, training and evaluation numbers, processes."""
+    """``out/report.md``: the command, samples, training and evaluation numbers, processes
+    (``--num-samples 0``: the command and training only)."""
+    if config.num_samples == 0:
+        sections = [command_section(PROG, "Trained only (no samples)."), training_section(metrics)]
+        title = f"8x8 digits diffusion run ({config.objective}, trained only)"
+        write_report(out / "report.md", title, sections)
+        return
     sections = [
         command_section(PROG),
         (

@@ -9,7 +9,15 @@ import time
 import jax
 import numpy as np
 
-from experiments._common import check_batch_divisible, log, open_run_dir, restore_latest, train
+from experiments._common import (
+    check_batch_divisible,
+    log,
+    loss_figure,
+    open_run_dir,
+    restore_latest,
+    train,
+)
+from experiments._objective import ABSENT, make_run_objective, resolve_sigma_data
 from experiments.mnist import report
 from experiments.mnist.config import (
     RESUMABLE,
@@ -24,6 +32,7 @@ from jaxdiff import data as jdata
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import steps_per_second
 from jaxdiff.models import count_params
+from jaxdiff.objectives import train_loss
 from jaxdiff.outputs import read_metrics, write_json
 from jaxdiff.runs import SPEC_KEY
 from jaxdiff.sharding import is_main_process
@@ -50,12 +59,17 @@ def main(config: MnistConfig) -> dict:
             f"--batch-size {config.batch_size} is larger than the {len(images)} training images; "
             "lower --batch-size or raise --train-limit"
         )
+    config = resolve_sigma_data(config, images)
     cfg_dict = {**dataclasses.asdict(config), SPEC_KEY: spec.to_json()}
-    out = open_run_dir(config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate",))
+    out = open_run_dir(
+        config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate",),
+        absent=ABSENT,
+    )  # fmt: skip
 
-    # Model, schedule, compiled step.
+    # Model, schedule, objective, compiled step.
     apply, params, schedule = spec.build()
-    trainer = Trainer(apply, schedule, spec.train)
+    objective = make_run_objective(config, schedule, spec.train)
+    trainer = Trainer(apply, schedule, spec.train, loss=train_loss(objective, apply))
     check_batch_divisible(config.batch_size, trainer)
     key = jax.random.PRNGKey(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
@@ -63,7 +77,7 @@ def main(config: MnistConfig) -> dict:
         f"jaxdiff MNIST: preset '{config.preset}' on {jax.default_backend()} "
         f"({trainer.num_devices} device(s)); {config.model} model with {count_params(params):,} "
         f"parameters ({config.dtype} compute); {config.train_steps} steps of batch "
-        f"{config.batch_size}; "
+        f"{config.batch_size}; objective {config.objective}; "
         f"{duration_estimate(config, preset, trainer, state)}; out: {out}"
     )
 
@@ -74,7 +88,7 @@ def main(config: MnistConfig) -> dict:
     )
     with ckpt:
         state, restored = restore_latest(ckpt, state, config.resume)
-        if is_main_process():
+        if is_main_process() and config.objective == "ddpm":  # the schedule's forward process
             report.forward_figures(out, schedule, images, key)
         data = trainer.put_data({"x": images, "labels": labels} if num_classes else {"x": images})
         grid = progress_grid_hook(
@@ -86,6 +100,8 @@ def main(config: MnistConfig) -> dict:
             restored=restored, hooks=hooks,
         )  # fmt: skip
     del data
+    if config.num_samples == 0:
+        return _train_only(out, config, params, records, train_seconds, data_source, t_start)
 
     # Final samples (EMA parameters) split over every device; process 0 writes the files.
     params = eval_params(state)
@@ -125,4 +141,29 @@ def main(config: MnistConfig) -> dict:
     write_json(out / "metrics.json", metrics)
     report.write_run_report(out, config, metrics)
     log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
+    return metrics
+
+
+def _train_only(out, config: MnistConfig, params, records, train_seconds, data_source, t_start):
+    """The metrics, loss curve and report of a run without samples (``--num-samples 0``)."""
+    metrics: dict = {
+        "objective": config.objective,
+        "train_steps": config.train_steps,
+        "batch_size": config.batch_size,
+        "parameters": count_params(params),
+        "train_seconds_this_run": round(train_seconds, 1),
+        "steps_per_second": steps_per_second(records),
+        "final_loss_mean_last_100": math.nan,
+        "dataset": config.dataset,
+        "data_source": data_source,
+    }
+    if not is_main_process():
+        return metrics
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    metrics["final_loss_mean_last_100"] = float(np.mean(losses[-100:]))
+    loss_figure(out, max_window=50)
+    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+    write_json(out / "metrics.json", metrics)
+    report.write_run_report(out, config, metrics)
+    log(f"done (trained only) in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out}")
     return metrics

@@ -70,7 +70,17 @@ def evaluate(config: MnistConfig, final: dict) -> dict | None:
 
 
 def write_run_report(out: Path, config: MnistConfig, metrics: dict) -> None:
-    """``out/report.md``: the command, the samples, data, training and evaluation numbers."""
+    """``out/report.md``: the command, the samples, data, training and evaluation numbers
+    (``--num-samples 0``: the command, data and training only)."""
+    title = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[config.dataset]
+    if config.num_samples == 0:
+        sections = [
+            command_section(PROG, f"Preset: {config.preset}. Trained only (no samples)."),
+            ("Data", f"{config.dataset}, training split: {metrics['data_source']}."),
+            training_section(metrics, skip=("dataset", "data_source")),
+        ]
+        write_report(out / "report.md", f"{title} diffusion run ({config.objective})", sections)
+        return
     samples = "![samples vs real](samples_vs_real.png)"
     if config.class_conditional:
         samples += "\n\n![by class](samples_by_class.png)"
@@ -92,5 +102,4 @@ def write_run_report(out: Path, config: MnistConfig, metrics: dict) -> None:
             "![reverse GIF](reverse_process.gif)\n\n![forward process](forward_process.png)",
         )
     )
-    title = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[config.dataset]
     write_report(out / "report.md", f"{title} diffusion run", sections)
