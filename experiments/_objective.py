@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxdiff.objectives import Objective, make_objective
+from jaxdiff.objectives import Objective, make_objective, train_loss
 from jaxdiff.schedules import Schedule
 from jaxdiff.train import TrainConfig
 
@@ -29,6 +29,7 @@ __all__ = [
     "data_std",
     "make_run_objective",
     "resolve_sigma_data",
+    "run_loss",
 ]
 
 #: What a run written before these flags was trained with (its config.json lacks them): a
@@ -97,3 +98,9 @@ def make_run_objective(config: Any, schedule: Schedule, train: TrainConfig) -> O
         antithetic=train.antithetic,
         sigma_data=0.5 if config.sigma_data is None else config.sigma_data,
     )
+
+
+def run_loss(config: Any, schedule: Schedule, train: TrainConfig, apply):
+    """The Trainer's ``loss=`` for a resolved config: :func:`make_run_objective`'s loss with
+    the model ``apply`` (:func:`jaxdiff.objectives.train_loss`)."""
+    return train_loss(make_run_objective(config, schedule, train), apply)

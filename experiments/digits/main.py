@@ -11,12 +11,11 @@ import numpy as np
 from experiments._common import (
     check_batch_divisible,
     log,
-    loss_figure,
     open_run_dir,
     restore_latest,
     train,
 )
-from experiments._objective import ABSENT, make_run_objective, resolve_sigma_data
+from experiments._objective import ABSENT, resolve_sigma_data, run_loss
 from experiments.digits import report
 from experiments.digits.config import (
     CPU_STEPS_PER_SECOND,
@@ -29,7 +28,6 @@ from jaxdiff import data as jdata
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import steps_per_second
 from jaxdiff.models import count_params
-from jaxdiff.objectives import train_loss
 from jaxdiff.outputs import read_metrics, write_json
 from jaxdiff.runs import SPEC_KEY
 from jaxdiff.sharding import is_main_process
@@ -51,8 +49,8 @@ def main(config: DigitsConfig) -> dict:
 
     apply, params, schedule = spec.build()
     n_params = count_params(params)
-    objective = make_run_objective(config, schedule, spec.train)
-    trainer = Trainer(apply, schedule, spec.train, loss=train_loss(objective, apply))
+    loss = run_loss(config, schedule, spec.train, apply)
+    trainer = Trainer(apply, schedule, spec.train, loss=loss)
     check_batch_divisible(config.batch_size, trainer)
     key = jax.random.key(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
@@ -83,7 +81,7 @@ def main(config: DigitsConfig) -> dict:
         )  # fmt: skip
     del data
     if config.num_samples == 0:
-        return _train_only(out, config, n_params, spe, records, train_seconds, t_start)
+        return report.train_only(out, config, n_params, spe, records, train_seconds, t_start)
 
     # Samples from the EMA weights, split over every device; the main process writes.
     final = report.final_samples(config, apply, eval_params(state), schedule, key, trainer.mesh)
@@ -116,28 +114,4 @@ def main(config: DigitsConfig) -> dict:
     write_json(out / "metrics.json", metrics)
     report.write_run_report(out, config, metrics)
     log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
-    return metrics
-
-
-def _train_only(out, config: DigitsConfig, n_params, spe, records, train_seconds, t_start) -> dict:
-    """The metrics, loss curve and report of a run without samples (``--num-samples 0``)."""
-    metrics: dict = {
-        "model": config.model,
-        "objective": config.objective,
-        "parameters": n_params,
-        "train_steps": config.train_steps,
-        "epochs": round(config.train_steps / spe, 3),
-        "batch_size": config.batch_size,
-        "train_seconds_this_run": round(train_seconds, 1),
-        "steps_per_second": steps_per_second(records),
-    }
-    if not is_main_process():
-        return metrics
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
-    metrics["final_loss_mean_last_epoch"] = float(np.mean(losses[-spe:]))
-    loss_figure(out, max_window=50, epoch_size=spe)
-    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
-    write_json(out / "metrics.json", metrics)
-    report.write_run_report(out, config, metrics)
-    log(f"done (trained only) in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out}")
     return metrics

@@ -12,12 +12,11 @@ import numpy as np
 from experiments._common import (
     check_batch_divisible,
     log,
-    loss_figure,
     open_run_dir,
     restore_latest,
     train,
 )
-from experiments._objective import ABSENT, make_run_objective, resolve_sigma_data
+from experiments._objective import ABSENT, resolve_sigma_data, run_loss
 from experiments.mnist import report
 from experiments.mnist.config import (
     RESUMABLE,
@@ -32,7 +31,6 @@ from jaxdiff import data as jdata
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import steps_per_second
 from jaxdiff.models import count_params
-from jaxdiff.objectives import train_loss
 from jaxdiff.outputs import read_metrics, write_json
 from jaxdiff.runs import SPEC_KEY
 from jaxdiff.sharding import is_main_process
@@ -68,8 +66,8 @@ def main(config: MnistConfig) -> dict:
 
     # Model, schedule, objective, compiled step.
     apply, params, schedule = spec.build()
-    objective = make_run_objective(config, schedule, spec.train)
-    trainer = Trainer(apply, schedule, spec.train, loss=train_loss(objective, apply))
+    loss = run_loss(config, schedule, spec.train, apply)
+    trainer = Trainer(apply, schedule, spec.train, loss=loss)
     check_batch_divisible(config.batch_size, trainer)
     key = jax.random.PRNGKey(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
@@ -101,7 +99,7 @@ def main(config: MnistConfig) -> dict:
         )  # fmt: skip
     del data
     if config.num_samples == 0:
-        return _train_only(out, config, params, records, train_seconds, data_source, t_start)
+        return report.train_only(out, config, params, records, train_seconds, data_source, t_start)
 
     # Final samples (EMA parameters) split over every device; process 0 writes the files.
     params = eval_params(state)
@@ -141,29 +139,4 @@ def main(config: MnistConfig) -> dict:
     write_json(out / "metrics.json", metrics)
     report.write_run_report(out, config, metrics)
     log(f"done in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out / 'report.md'}")
-    return metrics
-
-
-def _train_only(out, config: MnistConfig, params, records, train_seconds, data_source, t_start):
-    """The metrics, loss curve and report of a run without samples (``--num-samples 0``)."""
-    metrics: dict = {
-        "objective": config.objective,
-        "train_steps": config.train_steps,
-        "batch_size": config.batch_size,
-        "parameters": count_params(params),
-        "train_seconds_this_run": round(train_seconds, 1),
-        "steps_per_second": steps_per_second(records),
-        "final_loss_mean_last_100": math.nan,
-        "dataset": config.dataset,
-        "data_source": data_source,
-    }
-    if not is_main_process():
-        return metrics
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
-    metrics["final_loss_mean_last_100"] = float(np.mean(losses[-100:]))
-    loss_figure(out, max_window=50)
-    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
-    write_json(out / "metrics.json", metrics)
-    report.write_run_report(out, config, metrics)
-    log(f"done (trained only) in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out}")
     return metrics

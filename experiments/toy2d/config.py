@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from flax import nnx
+
 from experiments._cli import DistributedRunFlags, field
 from experiments._common import check_at_least
 from experiments._objective import (
@@ -19,6 +21,7 @@ from experiments._objective import (
     SIGMA_DATA_HELP,
     check_objective_flags,
 )
+from jaxdiff.models import ConditionalMLP, SinusoidalMLP
 from jaxdiff.objectives import ObjectiveName
 from jaxdiff.samplers import SamplerName
 from jaxdiff.schedules import Schedule, make_schedule
@@ -152,6 +155,10 @@ RESUMABLE = (
 )  # fmt: skip
 
 
+#: Settings that may change on --resume with a warning (the optimiser's, e.g. lowered).
+TUNABLE = ("learning_rate", "grad_clip")
+
+
 def steps_per_epoch(config: Toy2dConfig) -> int:
     """Full batches per pass over the points (the remainder is dropped)."""
     return config.num_points // config.batch_size
@@ -178,6 +185,15 @@ def build_schedule(config: Toy2dConfig) -> Schedule:
         beta_start=config.beta_start,
         beta_end=config.beta_end,
     )
+
+
+def build_model(config: Toy2dConfig, dim: int) -> nnx.Module:
+    """The tutorial's conditional-linear MLP for ``--objective ddpm`` (it looks its layers'
+    scales up by integer step), else the sinusoidal MLP (continuous time)."""
+    rngs = nnx.Rngs(config.seed)
+    if config.objective == "ddpm":
+        return ConditionalMLP(dim, config.num_timesteps, config.hidden, rngs=rngs)
+    return SinusoidalMLP(dim, hidden=config.hidden, rngs=rngs)
 
 
 def schedule_name(config: Toy2dConfig) -> str:
