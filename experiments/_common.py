@@ -54,13 +54,15 @@ def open_run_dir(
     *,
     tunable: Sequence[str] = (),
     reads: Mapping[str, Any] | None = None,
+    absent: Mapping[str, Any] | None = None,
 ) -> Path:
     """``config.out`` prepared for this run (``prepare_run_dir``) on the main process.
 
     The run records the experiment that writes it, named after the package of ``config``'s
     class (``experiments.mnist``). ``tunable`` are the keys that may change on ``--resume``
     with a warning (optimizer hyperparameters); ``reads`` the folders the command reads, by flag
-    (``{"--checkpoint": path}``), which ``--out`` must neither be, lie in nor contain.
+    (``{"--checkpoint": path}``), which ``--out`` must neither be, lie in nor contain;
+    ``absent`` what a run whose config.json lacks a key was trained with (``prepare_run_dir``).
 
     Other processes of a multi-process run only get the path: process 0 writes every file, and
     every process waits at a barrier until the folder is ready (``--overwrite`` included); then
@@ -73,7 +75,7 @@ def open_run_dir(
             out = prepare_run_dir(
                 config.out, cfg_dict, resume=config.resume, overwrite=config.overwrite,
                 may_differ=may_differ, derived=derived, tunable=tunable, reads=reads,
-                experiment=".".join(type(config).__module__.split(".")[:2]),
+                absent=absent, experiment=".".join(type(config).__module__.split(".")[:2]),
             )  # fmt: skip
         except (OSError, ValueError) as e:
             error = e

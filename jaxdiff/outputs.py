@@ -182,6 +182,7 @@ def prepare_run_dir(
     tunable: Sequence[str] = (),
     experiment: str | None = None,
     reads: Mapping[str, Any] | None = None,
+    absent: Mapping[str, Any] | None = None,
 ) -> Path:
     """Create or reuse the run directory ``out`` for ``config``; return its path.
 
@@ -214,6 +215,9 @@ def prepare_run_dir(
             ``config.json`` under ``"experiment"``; a run of another one is never continued or
             replaced. ``None``: not recorded, not checked.
         reads: the folders (or files) the command reads, by flag (``{"--checkpoint": path}``).
+        absent: for keys an earlier run's ``config.json`` may lack, the value such a run was
+            trained with (``{"objective": "ddpm"}``: the code before the option did that); on
+            ``--resume`` they are compared like the others instead of being skipped.
 
     Raises ``PermissionError`` when the directory cannot be written (checked with a probe file).
     """
@@ -248,8 +252,11 @@ def prepare_run_dir(
         elif resume:
             # Options newer than the earlier run's code are not in its config.json; their
             # defaults keep what that code did, so they do not block a resume.
-            newer = set(_jsonable(config)) - set(old)
-            diff = config_diff(old, config, ignore=[*may_differ, *newer, *tunable, *unchecked])
+            newer = set(_jsonable(config)) - set(old) - set(absent or {})
+            old_filled = {**(absent or {}), **old}
+            diff = config_diff(
+                old_filled, config, ignore=[*may_differ, *newer, *tunable, *unchecked]
+            )
             if diff:
                 raise ValueError(
                     f"cannot --resume {out}: its config differs from this one in "

@@ -7,7 +7,14 @@ from typing import Literal
 
 from experiments._cli import DistributedRunFlags, field
 from experiments._common import check_at_least
+from experiments._objective import (
+    OBJECTIVE_HELP,
+    SIGMA_DATA_DEFAULT,
+    SIGMA_DATA_HELP,
+    check_objective_flags,
+)
 from jaxdiff import data as jdata
+from jaxdiff.objectives import ObjectiveName
 from jaxdiff.runs import ModelSpec
 from jaxdiff.samplers import SamplerName
 from jaxdiff.train import TrainConfig
@@ -47,11 +54,15 @@ class DigitsConfig(DistributedRunFlags):
         "linear", "beta schedule (the tutorial: linear 1e-4..0.02)"
     )
     num_timesteps: int = field(1000, "diffusion steps T")
+    objective: ObjectiveName = field("ddpm", OBJECTIVE_HELP)
+    sigma_data: float | None = field(None, SIGMA_DATA_HELP, default_text=SIGMA_DATA_DEFAULT)
     sampler: SamplerName = field("dpm++", "sampler for the final samples (the tutorial: ddpm)")
     sample_steps: int | None = field(
         None, "sampler steps", default_text="the sampler's: dpm++ 20, ddim 50, ddpm T, ..."
     )
-    num_samples: int = field(1000, "final samples saved to samples.npy and evaluated")
+    num_samples: int = field(
+        1000, "final samples saved to samples.npy and evaluated (0: train only)"
+    )
     steps_per_call: int | None = field(
         None, "training steps per compiled call (K)", default_text="per backend, see jaxdiff.train"
     )
@@ -64,10 +75,11 @@ class DigitsConfig(DistributedRunFlags):
 
     def __post_init__(self):
         check_at_least(
-            self, 1, "epochs", "batch_size", "num_samples", "keep_checkpoints", "train_steps",
-            "sample_steps", "steps_per_call",
+            self, 1, "epochs", "batch_size", "keep_checkpoints", "train_steps", "sample_steps",
+            "steps_per_call",
         )  # fmt: skip
-        check_at_least(self, 0, "checkpoint_every")
+        check_at_least(self, 0, "checkpoint_every", "num_samples")
+        check_objective_flags(self)
         check_at_least(self, 2, "num_timesteps")
         if self.batch_size > 1797:
             raise ValueError(f"--batch-size {self.batch_size} is larger than the 1797 images")

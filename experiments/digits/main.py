@@ -8,7 +8,14 @@ import time
 import jax
 import numpy as np
 
-from experiments._common import check_batch_divisible, log, open_run_dir, restore_latest, train
+from experiments._common import (
+    check_batch_divisible,
+    log,
+    open_run_dir,
+    restore_latest,
+    train,
+)
+from experiments._objective import ABSENT, resolve_sigma_data, run_loss
 from experiments.digits import report
 from experiments.digits.config import (
     CPU_STEPS_PER_SECOND,
@@ -31,17 +38,19 @@ def main(config: DigitsConfig) -> dict:
     """Run the experiment; return the final metrics dict (also written to metrics.json)."""
     t_start = time.perf_counter()
     images, _labels = jdata.load_digits(scale="unit")  # (1797, 8, 8, 1) in [0, 1]
-    config = resolve(config, len(images))
+    config = resolve_sigma_data(resolve(config, len(images)), images)
     spe = jdata.steps_per_epoch(len(images), config.batch_size)
     spec = model_spec(config)
     cfg_dict = {**dataclasses.asdict(config), SPEC_KEY: spec.to_json()}
     out = open_run_dir(
-        config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate", "grad_clip")
-    )
+        config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate", "grad_clip"),
+        absent=ABSENT,
+    )  # fmt: skip
 
     apply, params, schedule = spec.build()
     n_params = count_params(params)
-    trainer = Trainer(apply, schedule, spec.train)
+    loss = run_loss(config, schedule, spec.train, apply)
+    trainer = Trainer(apply, schedule, spec.train, loss=loss)
     check_batch_divisible(config.batch_size, trainer)
     key = jax.random.key(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
@@ -52,8 +61,8 @@ def main(config: DigitsConfig) -> dict:
     log(
         f"jaxdiff digits: {config.model} U-Net with {n_params:,} parameters on "
         f"{jax.default_backend()} ({trainer.num_devices} device(s)); {config.train_steps} steps "
-        f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size})"
-        f"{estimate}; out: {out}"
+        f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size}); "
+        f"objective {config.objective}{estimate}; out: {out}"
     )
 
     ckpt = Checkpointer(
@@ -63,7 +72,7 @@ def main(config: DigitsConfig) -> dict:
     )
     with ckpt:
         state, restored = restore_latest(ckpt, state, config.resume)
-        if is_main_process():
+        if is_main_process() and config.objective == "ddpm":  # the schedule's forward process
             report.forward_figures(out, schedule, images, key)
         data = trainer.put_data({"x": images})
         state, records, train_seconds = train(
@@ -71,6 +80,8 @@ def main(config: DigitsConfig) -> dict:
             restored=restored,
         )  # fmt: skip
     del data
+    if config.num_samples == 0:
+        return report.train_only(out, config, n_params, spe, records, train_seconds, t_start)
 
     # Samples from the EMA weights, split over every device; the main process writes.
     final = report.final_samples(config, apply, eval_params(state), schedule, key, trainer.mesh)

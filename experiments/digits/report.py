@@ -13,16 +13,18 @@ from experiments._common import (
     command_section,
     evaluate_or_skip,
     evaluation_section,
+    log,
     loss_figure,
     training_section,
 )
 from experiments.digits.config import FORWARD_T, PROG, DigitsConfig
 from jaxdiff import plotting
 from jaxdiff.forward import q_sample
-from jaxdiff.outputs import write_report
+from jaxdiff.loop import steps_per_second
+from jaxdiff.outputs import read_metrics, write_json, write_report
 from jaxdiff.samplers import Loop, sample, solver_from_flags, step_sequence
 from jaxdiff.schedules import make_schedule
-from jaxdiff.sharding import gather
+from jaxdiff.sharding import gather, is_main_process
 
 
 def forward_figures(out: Path, schedule, images: np.ndarray, key) -> None:
@@ -94,7 +96,13 @@ def evaluate(config: DigitsConfig, samples: np.ndarray) -> dict | None:
 
 
 def write_run_report(out: Path, config: DigitsConfig, metrics: dict) -> None:
-    """``out/report.md``: the command, samples, training and evaluation numbers, processes."""
+    """``out/report.md``: the command, samples, training and evaluation numbers, processes
+    (``--num-samples 0``: the command and training only)."""
+    if config.num_samples == 0:
+        sections = [command_section(PROG, "Trained only (no samples)."), training_section(metrics)]
+        title = f"8x8 digits diffusion run ({config.objective}, trained only)"
+        write_report(out / "report.md", title, sections)
+        return
     sections = [
         command_section(PROG),
         (
@@ -120,3 +128,27 @@ def write_run_report(out: Path, config: DigitsConfig, metrics: dict) -> None:
         )
     )
     write_report(out / "report.md", "8x8 digits diffusion run", sections)
+
+
+def train_only(out, config: DigitsConfig, n_params, spe, records, train_seconds, t_start) -> dict:
+    """The metrics, loss curve and report of a run without samples (``--num-samples 0``)."""
+    metrics: dict = {
+        "model": config.model,
+        "objective": config.objective,
+        "parameters": n_params,
+        "train_steps": config.train_steps,
+        "epochs": round(config.train_steps / spe, 3),
+        "batch_size": config.batch_size,
+        "train_seconds_this_run": round(train_seconds, 1),
+        "steps_per_second": steps_per_second(records),
+    }
+    if not is_main_process():
+        return metrics
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    metrics["final_loss_mean_last_epoch"] = float(np.mean(losses[-spe:]))
+    loss_figure(out, max_window=50, epoch_size=spe)
+    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+    write_json(out / "metrics.json", metrics)
+    write_run_report(out, config, metrics)
+    log(f"done (trained only) in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out}")
+    return metrics

@@ -16,6 +16,13 @@ import jax
 
 from experiments._cli import DistributedRunFlags, field
 from experiments._common import check_at_least, log
+from experiments._objective import (
+    OBJECTIVE_HELP,
+    SIGMA_DATA_DEFAULT,
+    SIGMA_DATA_HELP,
+    check_objective_flags,
+)
+from jaxdiff.objectives import ObjectiveName
 from jaxdiff.runs import ModelSpec
 from jaxdiff.samplers import SamplerName
 from jaxdiff.train import TrainConfig
@@ -129,7 +136,11 @@ class MnistConfig(DistributedRunFlags):
         "the per-step alpha a of --schedule constant (alphas_cumprod[t] = a**(t+1))",
         default_text="required with --schedule constant",
     )
-    prediction: Literal["eps", "x0", "v"] = field("eps", "what the network predicts")
+    objective: ObjectiveName = field("ddpm", OBJECTIVE_HELP)
+    sigma_data: float | None = field(None, SIGMA_DATA_HELP, default_text=SIGMA_DATA_DEFAULT)
+    prediction: Literal["eps", "x0", "v"] = field(
+        "eps", "what the network predicts (--objective ddpm)"
+    )
     class_conditional: bool | None = field(
         None,
         "condition on the digit (label dropout for CFG); --no-class-conditional: the classic "
@@ -147,7 +158,7 @@ class MnistConfig(DistributedRunFlags):
         default_text="from preset: cpu 25, gpu 20, with the preset's sampler; another "
         "--sampler: its own default",
     )
-    num_samples: int | None = field(None, "final samples saved to samples.npy and evaluated")
+    num_samples: int | None = field(None, "final samples to save and evaluate (0: train only)")
     dtype: Literal["float32", "bfloat16"] | None = field(
         None, "U-Net compute dtype; parameters stay float32"
     )
@@ -175,9 +186,20 @@ class MnistConfig(DistributedRunFlags):
     def __post_init__(self):
         check_at_least(
             self, 1, "train_steps", "batch_size", "sample_steps", "train_limit", "steps_per_call",
-            "num_samples", "keep_checkpoints",
+            "keep_checkpoints",
         )  # fmt: skip
-        check_at_least(self, 0, "warmup_steps", "sample_every", "checkpoint_every")
+        check_at_least(self, 0, "warmup_steps", "sample_every", "checkpoint_every", "num_samples")
+        check_objective_flags(self)
+        if self.objective != "ddpm" and self.prediction != "eps":
+            raise ValueError(
+                f"--prediction applies to --objective ddpm only ({self.objective} fixes what the "
+                "network predicts); drop it"
+            )
+        if self.num_samples == 0 and self.sample_every:
+            raise ValueError(
+                "--sample-every draws progress grids, but --num-samples 0 trains only; drop "
+                "--sample-every or set --num-samples > 0"
+            )
         check_at_least(self, 2, "num_timesteps")
         if self.image_size not in (28, 32):
             raise ValueError(f"--image-size must be 28 or 32, got {self.image_size}")
@@ -240,6 +262,8 @@ def resolve(config: MnistConfig, backend: str | None = None) -> tuple[MnistConfi
         for k, v in p.defaults.items()
         if k not in ("sampler", "sample_steps") and getattr(config, k) is None
     }
+    if config.num_samples == 0 and config.sample_every is None:  # trained only: no grids
+        changes["sample_every"] = 0
     model = changes.get("model", config.model)
     if config.class_conditional is None:  # the U-Nets take labels, the tutorials' CNN does not
         changes["class_conditional"] = model != "cnn"

@@ -9,7 +9,14 @@ import time
 import jax
 import numpy as np
 
-from experiments._common import check_batch_divisible, log, open_run_dir, restore_latest, train
+from experiments._common import (
+    check_batch_divisible,
+    log,
+    open_run_dir,
+    restore_latest,
+    train,
+)
+from experiments._objective import ABSENT, resolve_sigma_data, run_loss
 from experiments.mnist import report
 from experiments.mnist.config import (
     RESUMABLE,
@@ -50,12 +57,17 @@ def main(config: MnistConfig) -> dict:
             f"--batch-size {config.batch_size} is larger than the {len(images)} training images; "
             "lower --batch-size or raise --train-limit"
         )
+    config = resolve_sigma_data(config, images)
     cfg_dict = {**dataclasses.asdict(config), SPEC_KEY: spec.to_json()}
-    out = open_run_dir(config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate",))
+    out = open_run_dir(
+        config, cfg_dict, RESUMABLE, derived=(SPEC_KEY,), tunable=("learning_rate",),
+        absent=ABSENT,
+    )  # fmt: skip
 
-    # Model, schedule, compiled step.
+    # Model, schedule, objective, compiled step.
     apply, params, schedule = spec.build()
-    trainer = Trainer(apply, schedule, spec.train)
+    loss = run_loss(config, schedule, spec.train, apply)
+    trainer = Trainer(apply, schedule, spec.train, loss=loss)
     check_batch_divisible(config.batch_size, trainer)
     key = jax.random.PRNGKey(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
@@ -63,7 +75,7 @@ def main(config: MnistConfig) -> dict:
         f"jaxdiff MNIST: preset '{config.preset}' on {jax.default_backend()} "
         f"({trainer.num_devices} device(s)); {config.model} model with {count_params(params):,} "
         f"parameters ({config.dtype} compute); {config.train_steps} steps of batch "
-        f"{config.batch_size}; "
+        f"{config.batch_size}; objective {config.objective}; "
         f"{duration_estimate(config, preset, trainer, state)}; out: {out}"
     )
 
@@ -74,7 +86,7 @@ def main(config: MnistConfig) -> dict:
     )
     with ckpt:
         state, restored = restore_latest(ckpt, state, config.resume)
-        if is_main_process():
+        if is_main_process() and config.objective == "ddpm":  # the schedule's forward process
             report.forward_figures(out, schedule, images, key)
         data = trainer.put_data({"x": images, "labels": labels} if num_classes else {"x": images})
         grid = progress_grid_hook(
@@ -86,6 +98,8 @@ def main(config: MnistConfig) -> dict:
             restored=restored, hooks=hooks,
         )  # fmt: skip
     del data
+    if config.num_samples == 0:
+        return report.train_only(out, config, params, records, train_seconds, data_source, t_start)
 
     # Final samples (EMA parameters) split over every device; process 0 writes the files.
     params = eval_params(state)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import jax
@@ -12,6 +14,7 @@ from experiments._common import (
     command_section,
     evaluate_or_skip,
     evaluation_section,
+    log,
     loss_figure,
     training_section,
 )
@@ -19,7 +22,10 @@ from experiments.mnist.config import PROG, MnistConfig
 from experiments.mnist.sampling import to_images
 from jaxdiff import plotting
 from jaxdiff.forward import q_sample
-from jaxdiff.outputs import write_report
+from jaxdiff.loop import steps_per_second
+from jaxdiff.models import count_params
+from jaxdiff.outputs import read_metrics, write_json, write_report
+from jaxdiff.sharding import is_main_process
 
 
 def forward_figures(out: Path, schedule, images: np.ndarray, key) -> None:
@@ -70,7 +76,17 @@ def evaluate(config: MnistConfig, final: dict) -> dict | None:
 
 
 def write_run_report(out: Path, config: MnistConfig, metrics: dict) -> None:
-    """``out/report.md``: the command, the samples, data, training and evaluation numbers."""
+    """``out/report.md``: the command, the samples, data, training and evaluation numbers
+    (``--num-samples 0``: the command, data and training only)."""
+    title = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[config.dataset]
+    if config.num_samples == 0:
+        sections = [
+            command_section(PROG, f"Preset: {config.preset}. Trained only (no samples)."),
+            ("Data", f"{config.dataset}, training split: {metrics['data_source']}."),
+            training_section(metrics, skip=("dataset", "data_source")),
+        ]
+        write_report(out / "report.md", f"{title} diffusion run ({config.objective})", sections)
+        return
     samples = "![samples vs real](samples_vs_real.png)"
     if config.class_conditional:
         samples += "\n\n![by class](samples_by_class.png)"
@@ -92,5 +108,29 @@ def write_run_report(out: Path, config: MnistConfig, metrics: dict) -> None:
             "![reverse GIF](reverse_process.gif)\n\n![forward process](forward_process.png)",
         )
     )
-    title = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[config.dataset]
     write_report(out / "report.md", f"{title} diffusion run", sections)
+
+
+def train_only(out, config: MnistConfig, params, records, train_seconds, data_source, t_start):
+    """The metrics, loss curve and report of a run without samples (``--num-samples 0``)."""
+    metrics: dict = {
+        "objective": config.objective,
+        "train_steps": config.train_steps,
+        "batch_size": config.batch_size,
+        "parameters": count_params(params),
+        "train_seconds_this_run": round(train_seconds, 1),
+        "steps_per_second": steps_per_second(records),
+        "final_loss_mean_last_100": math.nan,
+        "dataset": config.dataset,
+        "data_source": data_source,
+    }
+    if not is_main_process():
+        return metrics
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    metrics["final_loss_mean_last_100"] = float(np.mean(losses[-100:]))
+    loss_figure(out, max_window=50)
+    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+    write_json(out / "metrics.json", metrics)
+    write_run_report(out, config, metrics)
+    log(f"done (trained only) in {metrics['total_seconds_this_run'] / 60:.1f} min; see {out}")
+    return metrics

@@ -11,8 +11,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from flax import nnx
+
 from experiments._cli import DistributedRunFlags, field
 from experiments._common import check_at_least
+from experiments._objective import (
+    OBJECTIVE_HELP,
+    SIGMA_DATA_DEFAULT,
+    SIGMA_DATA_HELP,
+    check_objective_flags,
+)
+from jaxdiff.models import ConditionalMLP, SinusoidalMLP
+from jaxdiff.objectives import ObjectiveName
 from jaxdiff.samplers import SamplerName
 from jaxdiff.schedules import Schedule, make_schedule
 from jaxdiff.train import TrainConfig
@@ -50,11 +60,16 @@ class Toy2dConfig(DistributedRunFlags):
         None, "total training steps", default_text="--epochs x batches per epoch"
     )
     batch_size: int = field(128, "batch size")
-    hidden: int = field(128, "width of the conditional-linear MLP")
+    hidden: int = field(
+        128,
+        "width of the conditional-linear MLP (of the sinusoidal MLP for a continuous --objective)",
+    )
     learning_rate: float = field(1e-3, "Adam learning rate")
     grad_clip: float = field(1.0, "clip gradients to this global norm")
     ema_decay: float = field(0.9, "EMA decay of the parameters used for sampling")
     antithetic: bool = field(True, "pair timesteps t and T-1-t in each batch")
+    objective: ObjectiveName = field("ddpm", OBJECTIVE_HELP)
+    sigma_data: float | None = field(None, SIGMA_DATA_HELP, default_text=SIGMA_DATA_DEFAULT)
     schedule: Literal["sigmoid", "linear", "quadratic", "cosine"] = field(
         "sigmoid", "beta schedule"
     )
@@ -75,7 +90,9 @@ class Toy2dConfig(DistributedRunFlags):
     variance: Literal["beta", "posterior"] = field(
         "beta", "DDPM step variance (the tutorial: beta_t)"
     )
-    num_samples: int = field(10_000, "points to sample, save to samples.npy and evaluate")
+    num_samples: int = field(
+        10_000, "points to sample, save to samples.npy and evaluate (0: train only)"
+    )
     gif_frames: int = field(20, "frames of each half (forward, reverse) of the GIF")
     steps_per_call: int = field(100, "training steps per compiled call (lax.scan)")
     checkpoint_every: int = field(10_000, "checkpoint every N steps (0: only at the end)")
@@ -87,11 +104,12 @@ class Toy2dConfig(DistributedRunFlags):
 
     def __post_init__(self):
         positive = (
-            "num_points", "epochs", "batch_size", "hidden", "num_samples", "gif_frames",
-            "steps_per_call", "keep_checkpoints", "train_steps", "sample_steps",
+            "num_points", "epochs", "batch_size", "hidden", "gif_frames", "steps_per_call",
+            "keep_checkpoints", "train_steps", "sample_steps",
         )  # fmt: skip
         check_at_least(self, 1, *positive)
-        check_at_least(self, 0, "checkpoint_every")
+        check_at_least(self, 0, "checkpoint_every", "num_samples")
+        check_objective_flags(self)
         if self.batch_size > self.num_points:
             raise ValueError(
                 f"--batch-size {self.batch_size} is larger than --num-points {self.num_points}"
@@ -137,6 +155,10 @@ RESUMABLE = (
 )  # fmt: skip
 
 
+#: Settings that may change on --resume with a warning (the optimiser's, e.g. lowered).
+TUNABLE = ("learning_rate", "grad_clip")
+
+
 def steps_per_epoch(config: Toy2dConfig) -> int:
     """Full batches per pass over the points (the remainder is dropped)."""
     return config.num_points // config.batch_size
@@ -163,6 +185,15 @@ def build_schedule(config: Toy2dConfig) -> Schedule:
         beta_start=config.beta_start,
         beta_end=config.beta_end,
     )
+
+
+def build_model(config: Toy2dConfig, dim: int) -> nnx.Module:
+    """The tutorial's conditional-linear MLP for ``--objective ddpm`` (it looks its layers'
+    scales up by integer step), else the sinusoidal MLP (continuous time)."""
+    rngs = nnx.Rngs(config.seed)
+    if config.objective == "ddpm":
+        return ConditionalMLP(dim, config.num_timesteps, config.hidden, rngs=rngs)
+    return SinusoidalMLP(dim, hidden=config.hidden, rngs=rngs)
 
 
 def schedule_name(config: Toy2dConfig) -> str:

@@ -7,7 +7,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from experiments._common import (
     check_batch_divisible,
@@ -18,23 +17,26 @@ from experiments._common import (
     restore_latest,
     train,
 )
+from experiments._objective import ABSENT, resolve_sigma_data, run_loss
 from experiments.toy2d import figures
 from experiments.toy2d.config import (
     RESUMABLE,
+    TUNABLE,
     Toy2dConfig,
+    build_model,
     build_schedule,
     resolve,
     steps_per_epoch,
     train_config,
 )
 from experiments.toy2d.data import host_batches
-from experiments.toy2d.report import write_report
+from experiments.toy2d.report import train_only, write_report
 from experiments.toy2d.sampling import final_samples, sample_statistics
 from experiments.toy2d.terminal import compare_terminal
 from jaxdiff import data as jdata
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.loop import steps_per_second
-from jaxdiff.models import ConditionalMLP, count_params, split_model
+from jaxdiff.models import count_params, split_model
 from jaxdiff.outputs import read_metrics, write_json
 from jaxdiff.sharding import is_main_process
 from jaxdiff.train import Trainer, eval_params
@@ -47,25 +49,26 @@ def main(config: Toy2dConfig) -> dict:
     # Data: the point cloud, and the run directory (refused before any work).
     dim = jdata.POINT_DATASETS[config.dataset][0]
     points = jdata.make_points(config.dataset, config.num_points, seed=config.seed)
+    config = resolve_sigma_data(config, points)
     cfg_dict = dataclasses.asdict(config)
-    main_process = is_main_process()
-    out = open_run_dir(config, cfg_dict, RESUMABLE, tunable=("learning_rate", "grad_clip"))
+    out = open_run_dir(config, cfg_dict, RESUMABLE, tunable=TUNABLE, absent=ABSENT)
 
-    # Model: the conditional-linear MLP and the tutorial's optimiser.
+    # Model (build_model: integer steps or continuous time), objective, the tutorial's optimiser.
     schedule = build_schedule(config)
-    model = ConditionalMLP(dim, config.num_timesteps, config.hidden, rngs=nnx.Rngs(config.seed))
+    model = build_model(config, dim)
     _graphdef, params, apply = split_model(model)
     n_params = count_params(params)
-    trainer = Trainer(apply, schedule, train_config(config))
+    tc = train_config(config)
+    trainer = Trainer(apply, schedule, tc, loss=run_loss(config, schedule, tc, apply))
     check_batch_divisible(config.batch_size, trainer)
     key = jax.random.key(config.seed)
     state = trainer.init_state(params, jax.random.fold_in(key, 0))
     spe = steps_per_epoch(config)
     log(
         f"jaxdiff toy2d: {config.dataset} ({config.num_points} points, D={dim}); "
-        f"ConditionalMLP with {n_params:,} parameters; {config.train_steps} steps "
+        f"{type(model).__name__} with {n_params:,} parameters; {config.train_steps} steps "
         f"({config.train_steps / spe:.4g} epochs of {spe} batches of {config.batch_size}); "
-        f"{schedule!r}; out: {out}"
+        f"objective {config.objective}; {schedule!r}; out: {out}"
     )
 
     # Training from host batches, checkpointed (and resumed) every `checkpoint_every` steps.
@@ -76,7 +79,7 @@ def main(config: Toy2dConfig) -> dict:
     with ckpt:
         state, restored = restore_latest(ckpt, state, config.resume)
         start = int(jax.device_get(state.step))
-        if main_process:
+        if is_main_process() and config.objective == "ddpm":  # the schedule's forward process
             figures.forward_figure(out, config, schedule, points, key)
         batches = host_batches(
             points,
@@ -93,6 +96,9 @@ def main(config: Toy2dConfig) -> dict:
             trainer, state, batches, config=config, out=out, ckpt=ckpt, cfg_dict=cfg_dict,
             restored=restored,
         )  # fmt: skip
+
+    if config.num_samples == 0:
+        return train_only(out, config, n_params, spe, records, train_seconds, t_start)
 
     # Samples from the EMA weights, split over every device; the main process writes.
     final = final_samples(config, apply, eval_params(state), schedule, dim, key, trainer.mesh)
@@ -112,7 +118,7 @@ def main(config: Toy2dConfig) -> dict:
         "sample_steps": final["steps"],
         **sample_statistics(points, samples),
     }
-    if not main_process:
+    if not is_main_process():
         return metrics
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
     metrics["final_loss_mean_last_epoch"] = float(np.mean(losses[-spe:]))

@@ -8,13 +8,19 @@ Processes.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from experiments._common import command_section, fmt, training_section
+import numpy as np
+
+from experiments._common import command_section, fmt, log, loss_figure, training_section
 from experiments.toy2d.config import DEFAULT_BETA_END, PROG, Toy2dConfig
 from jaxdiff import data as jdata
 from jaxdiff import outputs
+from jaxdiff.loop import steps_per_second
+from jaxdiff.outputs import read_metrics, write_json
 from jaxdiff.schedules import TERMINAL_SIGNAL_THRESHOLD
+from jaxdiff.sharding import is_main_process
 
 #: Metrics that have sections of their own, left out of the Training table.
 NOT_TRAINING = ("evaluation", "terminal", "schedule")
@@ -23,6 +29,11 @@ NOT_TRAINING = ("evaluation", "terminal", "schedule")
 def write_report(out: Path, config: Toy2dConfig, metrics: dict) -> None:
     """Write ``out / "report.md"`` from the config and the final metrics (metrics.json)."""
     dim = jdata.POINT_DATASETS[config.dataset][0]
+    if config.num_samples == 0:  # trained only: no samples, no reverse process
+        title = f"Toy point clouds: {config.dataset}, objective {config.objective} (trained only)"
+        sections = [command_section(PROG), training_section(metrics, NOT_TRAINING)]
+        outputs.write_report(out / "report.md", title, sections)
+        return
     sections = [
         command_section(PROG),
         (
@@ -111,3 +122,27 @@ def _evaluation_text(ev: dict) -> str:
         "(the floor), 'noise' is the N(0, I) prior (the ceiling).\n\n"
         "| metric | samples | real | noise |\n| --- | --- | --- | --- |\n" + "\n".join(ev_rows)
     )
+
+
+def train_only(out, config: Toy2dConfig, n_params, spe, records, train_seconds, t_start) -> dict:
+    """The metrics, loss curves and report of a run without samples (``--num-samples 0``)."""
+    metrics: dict = {
+        "dataset": config.dataset,
+        "objective": config.objective,
+        "train_steps": config.train_steps,
+        "epochs": round(config.train_steps / spe, 3),
+        "batch_size": config.batch_size,
+        "parameters": n_params,
+        "train_seconds_this_run": round(train_seconds, 1),
+        "steps_per_second": steps_per_second(records),
+    }
+    if not is_main_process():
+        return metrics
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    metrics["final_loss_mean_last_epoch"] = float(np.mean(losses[-spe:]))
+    loss_figure(out, max_window=500, epoch_size=spe)
+    metrics["total_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
+    write_json(out / "metrics.json", metrics)
+    write_report(out, config, metrics)
+    log(f"done (trained only) in {metrics['total_seconds_this_run']:.0f} s; see {out}")
+    return metrics
