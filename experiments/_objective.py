@@ -3,9 +3,10 @@ toy2d): their checks, the ``sigma_data`` they resolve to, and the objective they
 (:mod:`jaxdiff.objectives`; docs/objectives.md).
 
 Training uses the objective's loss through the Trainer's ``loss=`` hook (for ``ddpm`` that is
-today's step to the bit). Sampling a continuous-time objective (``edm``, ``flow``,
-``flow-lognormal``) needs samplers that run on its Gaussian path, which this version does not
-have yet: the experiments refuse to sample one (``--num-samples 0`` trains only).
+today's step to the bit). The experiments' sampling, grids and figures are written for the
+integer steps of a schedule, so they do not sample a continuous-time objective (``edm``,
+``flow``, ``flow-lognormal``) yet (``--num-samples 0`` trains only); ``jaxdiff.samplers.sample``
+does, with the objective in place of the schedule.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ def check_objective_flags(config: Any) -> None:
             raise ValueError(f"--sigma-data must be > 0, got {config.sigma_data}")
     if config.objective != "ddpm" and config.num_samples != 0:
         raise ValueError(
-            f"--objective {config.objective} cannot be sampled yet: the samplers of this version "
-            "run on the ddpm objective only; pass --num-samples 0 to train only (checkpoints, "
-            "loss curves, report)"
+            f"--objective {config.objective} cannot be sampled yet by this experiment (its "
+            "sampling is written for the ddpm objective's integer steps); pass --num-samples 0 "
+            "to train only (checkpoints, loss curves, report), then sample the checkpoint with "
+            "jaxdiff.samplers.sample and the objective"
         )
 
 
