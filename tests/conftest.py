@@ -15,10 +15,10 @@ collective program from the cache and one that compiles it deadlock, see
 ``jaxdiff.xla_options.enable_compilation_cache``). It never outlives the session, so results
 cannot depend on an earlier run; the executables are the same either way.
 
-Parallel workers (pytest-xdist, ``-n`` in pyproject.toml's addopts, ``--dist loadgroup``): the
-tests of a module that has module-scoped fixtures (a trained checkpoint, a compiled program) all
-go to one worker (``xdist_group`` added below), so each such fixture is computed once; the
-other tests are spread one by one. ``-n 0`` (or ``-p no:xdist``) runs everything in this process.
+Parallel workers (pytest-xdist, ``--numprocesses=2 --dist=loadfile`` in pyproject.toml's
+addopts): all tests of a file run on one worker, one after another, so a module-scoped fixture
+(a trained checkpoint, a compiled program) is computed once. ``-n 0`` (or ``-p no:xdist``) runs
+everything in this process.
 """
 
 from __future__ import annotations
@@ -57,18 +57,6 @@ def pytest_addoption(parser, pluginmanager):
                         help="ignored: pytest-xdist is not loaded")  # fmt: skip
         group.addoption("--dist", dest="dist", default=None,
                         help="ignored: pytest-xdist is not loaded")  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``--dist loadgroup``: keep the tests that share a module-scoped fixture on one
-    worker (their module's ``xdist_group``), so the fixture runs once."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group"):
-            continue
-        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
-        if "module" in scopes:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture

@@ -18,10 +18,6 @@ from experiments._cli import parse_config, run_main
 from jaxdiff import data as jdata
 from jaxdiff.outputs import read_metrics
 
-# One pytest-xdist worker runs both files: the tiny MNIST runs (_tiny_runs.MNIST_TINY) compile
-# the same programs, which that worker's compilation cache (conftest.py) then serves to the other.
-pytestmark = pytest.mark.xdist_group("mnist_tiny")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # The checkpoint: the MNIST smoke test's settings cut to 3 steps (one compiled call of K=3), so

@@ -18,10 +18,6 @@ from experiments import mnist
 from experiments._cli import parse_config
 from jaxdiff.outputs import read_metrics
 
-# One pytest-xdist worker runs both files: the tiny MNIST runs (_tiny_runs.MNIST_TINY) compile
-# the same programs, which that worker's compilation cache (conftest.py) then serves to the other.
-pytestmark = pytest.mark.xdist_group("mnist_tiny")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = MNIST_TINY
