@@ -7,9 +7,18 @@
   from them (with ``checksums.tsv``) that the download tests serve over 127.0.0.1 or ``file://``.
 
 Compilation dominates the suite's run time on a CPU, and several tests compile the same
-computation again (a resumed run, a second ``Trainer``): a persistent XLA compilation cache in a
-fresh temporary folder per session lets those hits skip the compiler. It never outlives the
-session, so results cannot depend on an earlier run.
+computation again (a resumed run, a second ``Trainer``, the experiments' subprocesses that train
+with the same settings): a persistent XLA compilation cache in a fresh temporary folder per
+pytest process lets those hits skip the compiler. ``JAX_COMPILATION_CACHE_DIR`` hands it to the
+subprocesses the tests start (the multi-process runs drop it: on CPUs a process that loads a
+collective program from the cache and one that compiles it deadlock, see
+``jaxdiff.xla_options.enable_compilation_cache``). It never outlives the session, so results
+cannot depend on an earlier run; the executables are the same either way.
+
+Parallel workers (pytest-xdist, ``--numprocesses=2 --dist=loadfile`` in pyproject.toml's
+addopts): all tests of a file run on one worker, one after another, so a module-scoped fixture
+(a trained checkpoint, a compiled program) is computed once. ``-n 0`` (or ``-p no:xdist``) runs
+everything in this process.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import pytest
 _XLA_CACHE = tempfile.mkdtemp(prefix="jaxdiff-test-xla-cache-")
 jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 # jaxdiff's own cache (decoded MNIST, feature classifiers) lives in a fresh folder per session too,
 # inherited by the experiments' subprocesses: no test reads what an earlier run or the user left.
@@ -35,6 +46,17 @@ os.environ["JAXDIFF_CACHE_DIR"] = _JAXDIFF_CACHE
 def pytest_unconfigure(config):
     shutil.rmtree(_XLA_CACHE, ignore_errors=True)
     shutil.rmtree(_JAXDIFF_CACHE, ignore_errors=True)
+
+
+def pytest_addoption(parser, pluginmanager):
+    """Without pytest-xdist (``-p no:xdist``) accept its options from pyproject.toml's addopts
+    and run every test in this process."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist (not loaded)")
+        group.addoption("--numprocesses", dest="numprocesses", default=None,
+                        help="ignored: pytest-xdist is not loaded")  # fmt: skip
+        group.addoption("--dist", dest="dist", default=None,
+                        help="ignored: pytest-xdist is not loaded")  # fmt: skip
 
 
 @pytest.fixture

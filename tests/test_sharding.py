@@ -46,7 +46,12 @@ def _env() -> dict[str, str]:
     env["XLA_FLAGS"] = ""  # the worker adds its own device count
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    # no compilation cache (conftest.py passes one on): on CPUs, processes of one multi-process
+    # run that load a collective program from it and compile it afresh deadlock
+    for name in (
+        "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+        "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+    ):  # fmt: skip
         env.pop(name, None)
     return env
 
