@@ -50,13 +50,20 @@ SIGMA_DATA_DEFAULT = "the standard deviation of the training data, measured"
 
 
 def check_objective_flags(config: Any) -> None:
-    """``ValueError`` for ``--sigma-data`` without ``--objective edm`` or not > 0, and for a
-    continuous-time objective asked to sample (``--num-samples`` other than 0)."""
+    """``ValueError`` for ``--sigma-data`` without ``--objective edm`` or not > 0, for a flow
+    sampler with the ddpm objective, and for a continuous-time objective asked to sample
+    (``--num-samples`` other than 0)."""
     if config.sigma_data is not None:
         if config.objective != "edm":
             raise ValueError("--sigma-data applies to --objective edm only; drop it")
         if not (math.isfinite(config.sigma_data) and config.sigma_data > 0):
             raise ValueError(f"--sigma-data must be > 0, got {config.sigma_data}")
+    sampler = getattr(config, "sampler", None)
+    if config.objective == "ddpm" and sampler in ("flow-euler", "flow-heun"):
+        raise ValueError(
+            f"--sampler {sampler} steps in a flow's own time and needs a continuous path; the "
+            "ddpm objective samples on its schedule's integer steps: choose another sampler"
+        )
     if config.objective != "ddpm" and config.num_samples != 0:
         raise ValueError(
             f"--objective {config.objective} cannot be sampled yet by this experiment (its "

@@ -344,6 +344,8 @@ def test_toy2d_objective_flag_end_to_end(tmp_path):
         toy2d.Toy2dConfig(objective="flow")
     with pytest.raises(ValueError, match="--sigma-data applies to --objective edm only"):
         toy2d.Toy2dConfig(sigma_data=0.5)
+    with pytest.raises(ValueError, match="--sampler flow-euler steps in a flow's own time"):
+        toy2d.Toy2dConfig(sampler="flow-euler")
 
 
 def test_mnist_and_digits_objective_flags():
@@ -359,6 +361,9 @@ def test_mnist_and_digits_objective_flags():
             cls(objective="edm")
         with pytest.raises(ValueError, match="--sigma-data applies to --objective edm only"):
             cls(objective="flow", num_samples=0, sigma_data=0.5)
+        for sampler in ("flow-euler", "flow-heun"):  # refused before any training
+            with pytest.raises(ValueError, match=f"--sampler {sampler} steps in a flow's own"):
+                cls(sampler=sampler)
     x = np.random.default_rng(1).standard_normal((1000, 4, 4, 1)).astype(np.float32) * 0.6 - 0.7
     assert data_std(x, chunk=300) == pytest.approx(np.std(x, dtype=np.float64), rel=1e-12)
     config, _ = resolve(MnistConfig(objective="flow", num_samples=0), backend="cpu")

@@ -145,9 +145,8 @@ def _restore_classifier(spec: ClassifierSpec, path: Path) -> FeatureClassifier |
             params, meta = ckpt.restore(abstract_params)
     corrupt = [w for w in caught if issubclass(w.category, CheckpointCorruptionWarning)]
     for w in caught:  # unrelated warnings (deprecations, ...) pass through unchanged
-        # A cache written by an earlier jaxdiff carries fingerprints of an older format: not a
-        # thing a user can act on at every evaluation, and the checks below (spec, version,
-        # finite parameters) still run; it is verified again once the cache is rebuilt.
+        # A step saved without fingerprints: not a thing a user can act on at every
+        # evaluation, and the checks below (spec, version, finite parameters) still run.
         if w not in corrupt and not issubclass(w.category, UnverifiedCheckpointWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if corrupt:  # a damaged step was skipped: the cache is not what was written
